@@ -1,0 +1,89 @@
+"""Canonical bytes: hand cases per family rule, and the round-trip property on every lossless tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xtalign.vocab import (
+    BYTE_TO_UNICODE,
+    TokenKind,
+    bytelevel_to_bytes,
+    make_vocab,
+    parse_byte_piece,
+    sentencepiece_to_bytes,
+)
+from xtalign.zoo import ZOO, load_tokenizer
+
+LOSSLESS = [n for n in ZOO if n not in ("bert", "clip", "claude-v1", "j2")]
+
+SAMPLES = [
+    "plain ascii text.",
+    "  leading spaces and   runs of    spaces  ",
+    "tabs\tand\t\tnewlines\n\n\r\nmixed \n\t \n",
+    "中文文本，日本語のテキスト、한국어 텍스트",
+    "emoji 🤗🦙 and ZWJ 👩‍👩‍👧 flags 🇫🇷",
+    "combining e\u0301 a\u0308 and precomposed é ä",
+    "def f(x):\n    return x ** 2  # code\n",
+    "numbers 1 12 123 1234 12345678901234567890 3.14159",
+    "mixed: Привет мир, مرحبا بالعالم, שלום עולם",
+    "",
+    " ",
+    "\n",
+]
+
+
+def test_gpt2_byte_map_is_a_bijection() -> None:
+    assert len(set(BYTE_TO_UNICODE.values())) == 256
+    assert bytelevel_to_bytes("Ġthe") == b" the"
+    assert bytelevel_to_bytes("Ċ") == b"\n"
+    assert bytelevel_to_bytes("âĢĻ") == "’".encode()  # a mojibake-looking token is exact bytes
+    assert bytelevel_to_bytes("▁x") is None
+
+
+def test_sentencepiece_rules() -> None:
+    assert sentencepiece_to_bytes("▁the") == b" the"
+    assert parse_byte_piece("<0x0A>") == 10
+    assert parse_byte_piece("<0xZZ>") is None and parse_byte_piece("<s>") is None
+
+
+def test_make_vocab_strips_bytes_of_specials_and_fingerprint_tracks_content() -> None:
+    kinds = [TokenKind.NORMAL, TokenKind.SPECIAL, TokenKind.NORMAL]
+    a = make_vocab("a", [b"x", b"<s>", b"y"], kinds, ["x", "<s>", "y"])
+    b = make_vocab("b", [b"x", b"", b"z"], kinds, ["x", "<s>", "z"])
+    assert a.token_bytes[1] == b"" and a.byte_lengths.tolist() == [1, 0, 1]
+    assert a.fingerprint != b.fingerprint
+    assert a.bytes_to_id == {b"x": 0, b"y": 2}
+
+
+def test_wordpiece_rules_from_real_bert() -> None:
+    bert = load_tokenizer("bert")
+    ids = bert.encode("tokenization")
+    assert [bert.vocab.names[i] for i in ids] == ["token", "##ization"]
+    assert bert.vocab.decode_bytes(ids) == b" tokenization"
+
+
+def test_sentencepiece_byte_fallback_and_dummy_prefix() -> None:
+    tok = load_tokenizer("mistral-v1")
+    ids = tok.encode("🦙")
+    assert all(tok.vocab.kinds[i] == TokenKind.BYTE for i in ids[1:])
+    assert tok.dummy_prefix and tok.decode_bytes(ids) == "🦙".encode()
+
+
+@pytest.mark.parametrize("name", LOSSLESS)
+def test_round_trip_on_samples(name: str) -> None:
+    tok = load_tokenizer(name)
+    for text in SAMPLES:
+        assert tok.decode_bytes(tok.encode(text)) == text.encode("utf-8"), (name, text)
+
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen3", "gemma3", "mistral-v1", "tekken", "phi3", "rwkv-world"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_TEXT)
+def test_round_trip_property(name: str, text: str) -> None:
+    tok = load_tokenizer(name)
+    assert tok.decode_bytes(tok.encode(text)) == text.encode("utf-8")
