@@ -78,7 +78,16 @@ def test_round_trip_on_samples(name: str) -> None:
         assert tok.decode_bytes(tok.encode(text)) == text.encode("utf-8"), (name, text)
 
 
-_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
+# SentencePiece writes a space as U+2581, so a literal U+2581 in text decodes as a space: that
+# character is excluded here and its loss is pinned in test_sentencepiece_cannot_keep_literal_2581.
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\u2581"),
+                max_size=60)
+
+
+def test_sentencepiece_cannot_keep_literal_2581() -> None:
+    tok = load_tokenizer("mistral-v1")
+    assert tok.decode_bytes(tok.encode("a\u2581b")) == b"a b"
+    assert load_tokenizer("llama3").decode_bytes(load_tokenizer("llama3").encode("a\u2581b")) == "a\u2581b".encode()
 
 
 @pytest.mark.parametrize("name", ["llama3", "qwen3", "gemma3", "mistral-v1", "tekken", "phi3", "rwkv-world"])
