@@ -52,7 +52,7 @@ def test_model_rows_differ_from_tokenizer_size_for_qwen3() -> None:
     assert (tok.size, tok.model_rows) == (151_669, 151_936)
 
 
-@pytest.mark.parametrize("vocab", [v for v in REFERENCE_VOCABS if v != "gemma-4"])
+@pytest.mark.parametrize("vocab", list(REFERENCE_VOCABS))
 def test_llama_cpp_reference_tokenizations(vocab: str) -> None:
     res = check_reference(vocab)
     assert res.error is None
@@ -62,9 +62,17 @@ def test_llama_cpp_reference_tokenizations(vocab: str) -> None:
     assert res.matched == res.cases, [m[0] for m in res.mismatches]
 
 
-def test_unsupported_gguf_model_is_reported_not_guessed() -> None:
-    res = check_reference("gemma-4")
-    assert res.error and "gemma4" in res.error
+def test_unsupported_gguf_model_is_refused_not_guessed(tmp_path) -> None:
+    import struct
+
+    from xtalign.zoo.builders import from_gguf
+
+    key, val = b"tokenizer.ggml.model", b"t5"
+    path = tmp_path / "t5.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+                     + struct.pack("<IQ", 8, len(val)) + val)
+    with pytest.raises(ValueError, match="'t5' is not supported"):
+        from_gguf("t5", "gguf", "test", path)
 
 
 def test_unknown_name_suggests_closest() -> None:

@@ -198,7 +198,25 @@ def from_gguf(name: str, family: str, source: str, path: Path, *, model_rows: in
         return _gguf_bytelevel(name, family, source, meta, model_rows)
     if model == "bert":
         return _gguf_wordpiece(name, family, source, meta)
-    raise ValueError(f"{path.name}: GGUF tokenizer model {model!r} is not supported (llama, gpt2, bert are)")
+    if model == "gemma4":
+        return _gguf_merges_spm(name, family, source, meta, model_rows)
+    raise ValueError(f"{path.name}: GGUF tokenizer model {model!r} is not supported (llama, gpt2, gemma4, bert are)")
+
+
+def _gguf_merges_spm(name: str, family: str, source: str, meta: dict[str, Any], model_rows: int | None) -> Tokenizer:
+    """SentencePiece-style pieces (U+2581 for space, <0xNN> byte fallback) merged by an explicit merge list."""
+    from tokenizers import AddedToken, models, normalizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tokens, types = list(meta["tokenizer.ggml.tokens"]), meta["tokenizer.ggml.token_type"]
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    hf = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, byte_fallback=True))
+    hf.normalizer = normalizers.Replace(" ", "\u2581")
+    hf.add_tokens([AddedToken(tokens[i].replace(" ", "\u2581"), normalized=True, special=False)
+                   for i in np.flatnonzero(types == 4)])
+    vocab = _spm_vocab(name, tokens, types, _gguf_roles(meta))
+    return Tokenizer(name=name, family=family, source=source, vocab=vocab, backend_factory=lambda: HFBackend(hf),
+                     dummy_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", False)), model_rows=model_rows)
 
 
 def _gguf_roles(meta: dict[str, Any]) -> dict[str, int]:

