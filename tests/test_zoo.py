@@ -86,3 +86,25 @@ def test_specials_are_roles_not_text() -> None:
     assert llama3.encode("<|begin_of_text|>") != [128000]  # specials are never parsed out of text
     gemma = load_tokenizer("gemma3")
     assert gemma.vocab.roles == {"pad": 0, "eos": 1, "bos": 2, "unk": 3, "mask": 4}
+
+
+def test_local_paths_load_by_suffix(tmp_path) -> None:
+    from xtalign.zoo.artifacts import member_path
+
+    gpt2_ranks = member_path("whisper", "openai_whisper-20250625/whisper/assets/gpt2.tiktoken")
+    tok = load_tokenizer(str(gpt2_ranks))
+    assert tok.encode("hello world") == [31373, 995]
+    sp = load_tokenizer(str(member_path("mistral-common", "mistral_common/data/tokenizer.model.v1")))
+    assert sp.vocab.fingerprint == load_tokenizer("mistral-v1").vocab.fingerprint
+    gguf = member_path("llama-cpp", "llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-phi-3.gguf")
+    assert load_tokenizer(str(gguf)).encode("Hello world") == load_tokenizer("phi3").encode("Hello world")
+    folder = tmp_path / "claude"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_bytes(member_path("anthropic", "anthropic/tokenizer.json").read_bytes())
+    assert load_tokenizer(str(folder)).encode("hello") == load_tokenizer("claude-v1").encode("hello")
+
+
+def test_hub_id_without_a_hub_fails_with_one_clear_error(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UnknownTokenizerError, match="hub id 'no-such-org/no-such-model'"):
+        load_tokenizer("no-such-org/no-such-model")

@@ -196,18 +196,21 @@ def _load_external(spec: str) -> Tokenizer:
 
 
 def _load_path(path: Path) -> Tokenizer:
-    name, suffix = path.stem if path.name != "tokenizer.json" else path.parent.name, path.suffix
-    if suffix == ".json":
+    name = path.parent.name if path.name == "tokenizer.json" else path.name.split(".")[0]
+    suffixes = path.suffixes  # e.g. tokenizer.model.v3 -> [".model", ".v3"]
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        return builders.from_gguf(name, "gguf", str(path), path)
+    if ".json" in suffixes:
         return builders.from_tokenizer_json(name, "tokenizer.json", str(path), path.read_text(encoding="utf-8"))
-    if suffix == ".model":
+    if ".model" in suffixes:
         return builders.from_sentencepiece(name, "sentencepiece", str(path), path.read_bytes())
-    if suffix == ".tiktoken":
+    if ".tiktoken" in suffixes:
         ranks = formats.read_tiktoken_file(path)
         return builders.from_ranks(name, "bytelevel-bpe", str(path), ranks, builders.cl100k_pattern(), {})
-    if suffix == ".gguf":
-        return builders.from_gguf(name, "gguf", str(path), path)
     raise UnknownTokenizerError(
-        f"{path}: unsupported tokenizer file type {suffix!r}; give a tokenizer.json, .model, .tiktoken or .gguf")
+        f"{path}: unsupported tokenizer file {path.name!r}; give a tokenizer.json, .model, .tiktoken or .gguf")
 
 
 def _load_hub(repo_id: str) -> Tokenizer:
