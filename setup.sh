@@ -9,9 +9,10 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 stamp=.venv/.xtalign-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "${pip[@]}" install "${XTALIGN_TORCH:-torch==2.13.0}"
-  "${pip[@]}" install -e ".[dev]"
+  quiet "${pip[@]}" install "${XTALIGN_TORCH:-torch==2.13.0}"
+  quiet "${pip[@]}" install -e ".[dev]"
   touch "$stamp"
 fi

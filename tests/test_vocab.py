@@ -16,7 +16,22 @@ from xtalign.vocab import (
 )
 from xtalign.zoo import ZOO, load_tokenizer
 
-LOSSLESS = [n for n in ZOO if n not in ("bert", "clip", "claude-v1", "j2")]
+LOSSLESS = [n for n in ZOO if n not in ("bert", "clip", "claude-v1", "j2", "smollm2", "falcon", "starcoder2", "refact")]
+
+
+def test_lossless_flags() -> None:
+    flags = {n: load_tokenizer(n).lossless for n in ZOO}
+    assert [n for n in ZOO if not flags[n]] == [n for n in ZOO if n not in LOSSLESS]
+    # smollm2 has no token for some control bytes (e.g. 0x04): byte-level BPE silently drops them
+    smol = load_tokenizer("smollm2")
+    assert 4 in smol.meta["missing_bytes"] and smol.decode_bytes(smol.encode("a\x04b")) == b"ab"
+
+
+def test_special_strings_in_text_are_text() -> None:
+    for name in ("smollm2", "claude-v1", "llama3", "gemma3"):
+        tok = load_tokenizer(name)
+        text = "<|endoftext|><EOT><|begin_of_text|><bos>"
+        assert all(tok.vocab.kinds[i] != TokenKind.SPECIAL for i in tok.encode(text)), name
 
 SAMPLES = [
     "plain ascii text.",

@@ -252,8 +252,19 @@ def _gguf_bytelevel(name: str, family: str, source: str, meta: dict[str, Any], m
     hf.add_special_tokens([AddedToken(tokens[i], normalized=False, special=True)
                            for i in np.flatnonzero(types == 3)])
     vocab = make_vocab(name, tb, kinds, list(tokens), roles_from_names(list(tokens), kinds, _gguf_roles(meta)))
+    missing = missing_utf8_bytes(vocab)
     return Tokenizer(name=name, family=family, source=source, vocab=vocab, backend_factory=lambda: HFBackend(hf),
-                     model_rows=model_rows, meta={"gguf_pre": pre})
+                     lossless=not missing, model_rows=model_rows, meta={"gguf_pre": pre, "missing_bytes": missing})
+
+
+# Bytes that can occur in valid UTF-8 (C0, C1 and F5..FF never do).
+_UTF8_BYTES = frozenset(range(256)) - {0xC0, 0xC1} - set(range(0xF5, 0x100))
+
+
+def missing_utf8_bytes(vocab: Vocab) -> list[int]:
+    """Byte values valid UTF-8 can contain that no single token carries: a byte-level BPE drops them."""
+    singles = {b[0] for b in vocab.token_bytes if len(b) == 1}
+    return sorted(_UTF8_BYTES - singles)
 
 
 def _gguf_wordpiece(name: str, family: str, source: str, meta: dict[str, Any]) -> Tokenizer:

@@ -56,6 +56,8 @@ class HFBackend:
 
     def __init__(self, tok: Any) -> None:
         self.tok = tok
+        # special-token strings in text are text, as for every other backend (no hidden role switches)
+        self.tok.encode_special_tokens = True
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
