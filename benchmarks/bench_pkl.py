@@ -1,0 +1,384 @@
+"""P-KL forward+backward: the straightforward implementation vs xtalign's fast path.
+
+Sizes default to Llama-3 (V_s 128,256) × Qwen3 (V_t 151,936), B = 1, a random row-stochastic top-4 W,
+teacher top-64 per position, a batch-global subset of at most 8,192 teacher columns, NeMo's ``nemo``
+aggregation; both variants compute the same loss (the table shows both values).
+
+(a) straightforward: full fp32 ``softmax(z / T)`` over the student vocabulary (kept by autograd), then a
+    sparse CSR matmul onto the batch-global subset; (b) ``xtalign.losses.PKLLoss`` (blocked
+    recomputation, no full-vocabulary probability tensor is kept).
+
+Each variant runs in its own subprocess so that peak memory is its own. Peak memory is reported ABOVE
+the inputs (logits, teacher top-k, W) and includes the logits gradient both variants must produce:
+on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation before the first run; on CPU the
+kernel's peak-RSS counter (VmHWM, reset through ``/proc/self/clear_refs``) minus VmRSS before the first
+run, with glibc's mmap threshold lowered so that large freed buffers return to the OS (without
+clear_refs it falls back to ``ru_maxrss``, which cannot be reset: then the setup peak may hide part of
+the figure and the JSON says so).
+
+    python benchmarks/bench_pkl.py                     # CPU at T=512 (+ CUDA at T=2048 when available)
+    python benchmarks/bench_pkl.py --seq 2048 --device cpu --runs 3
+Results go to out/bench/pkl.json (git sha, date, versions, hardware, figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xtalign.losses import PKLConfig, SparseProjection, TeacherTopK
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {"naive": "straightforward", "fast": "xtalign fast path"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seq", type=int, default=None, help="tokens T (default: 512 on CPU, 2048 on CUDA)")
+    ap.add_argument("--vs", type=int, default=128_256, help="student vocabulary size")
+    ap.add_argument("--vt", type=int, default=151_936, help="teacher vocabulary size")
+    ap.add_argument("--teacher-k", type=int, default=64, help="teacher top-k per position")
+    ap.add_argument("--w-k", type=int, default=4, help="non-zeros per row of W")
+    ap.add_argument("--cap", type=int, default=8192, help="batch-global subset size cap")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="student logits dtype"
+    )
+    ap.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto = CPU always, plus CUDA when available",
+    )
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "pkl.json")
+    ap.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    ap.add_argument("--child-device", default="cpu", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def make_inputs(args: argparse.Namespace, device: str, seq: int) -> dict[str, Any]:
+    gen = torch.Generator(device=device).manual_seed(0)
+    idx = torch.randint(0, args.vt, (args.vs, args.w_k), generator=gen, device=device)
+    w = torch.rand(args.vs, args.w_k, generator=gen, device=device)
+    proj = SparseProjection(indices=idx, weights=w / w.sum(1, keepdim=True), teacher_vocab_size=args.vt)
+    # Teacher: a Zipf-like prior plus noise, so that top-k ids concentrate on frequent tokens like a
+    # real model's; built 64 positions at a time (never a [T, V_t] tensor).
+    prior = -1.1 * torch.log(torch.arange(1, args.vt + 1, device=device, dtype=torch.float32))  # [V_t]
+    vals, ids, lses = [], [], []
+    for i in range(0, seq, 64):
+        lg = prior + 3.0 * torch.randn(min(64, seq - i), args.vt, generator=gen, device=device)  # [b, V_t]
+        top = torch.topk(lg, args.teacher_k, dim=-1)
+        vals.append(top.values)
+        ids.append(top.indices.to(torch.int32))
+        lses.append(torch.logsumexp(lg / args.temperature, dim=-1))
+    teacher = TeacherTopK(
+        logits=torch.cat(vals)[None],
+        ids=torch.cat(ids)[None],
+        logsumexp=torch.cat(lses)[None],
+        vocab_size=args.vt,
+        temperature=args.temperature,
+    )
+    dtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
+    z = (2.0 * torch.randn(1, seq, args.vs, generator=gen, device=device)).to(dtype).requires_grad_()
+    return {
+        "proj": proj,
+        "teacher": teacher,
+        "z": z,
+        "sc": _chunks(seq, gen, device),
+        "tc": _chunks(seq, gen, device),
+    }
+
+
+def _chunks(seq: int, gen: torch.Generator, device: str) -> torch.Tensor:
+    """~85 % of positions start a new chunk (same chunk count on both sides); the last position has none."""
+    n_chunks = max(1, int(0.85 * (seq - 1)))
+    cuts = torch.randperm(seq - 2, generator=gen, device=device)[: n_chunks - 1] + 1
+    starts = torch.zeros(seq - 1, dtype=torch.long, device=device)
+    starts[cuts] = 1
+    ids = torch.cumsum(starts, 0)
+    return torch.cat([ids, torch.full((1,), -1, dtype=torch.long, device=device)])[None]  # [1, T]
+
+
+# ----------------------------------------------------------------------------------------- the two P-KLs
+def naive_pkl(
+    z: torch.Tensor,
+    proj: SparseProjection,
+    teacher: TeacherTopK,
+    sc: torch.Tensor,
+    tc: torch.Tensor,
+    temperature: float,
+    cap: int,
+    eps: float = 1e-10,
+) -> torch.Tensor:
+    """The straightforward P-KL (nemo aggregation, batch-global subset), written plainly."""
+    v_s, v_t, dev = proj.student_vocab_size, teacher.vocab_size, z.device
+    n_chunks = int(max(sc.max(), tc.max())) + 1
+    s_ok, t_ok = sc[0] >= 0, tc[0] >= 0
+    s_cnt = torch.bincount(sc[0][s_ok], minlength=n_chunks)
+    t_cnt = torch.bincount(tc[0][t_ok], minlength=n_chunks)
+    both = (s_cnt > 0) & (t_cnt > 0)  # chunks present on both sides; only their positions count
+    s_ok &= both[sc[0].clamp_min(0)]
+    t_ok &= both[tc[0].clamp_min(0)]
+    lp, ids = teacher.logprobs()[0][t_ok], teacher.ids[0][t_ok].long()  # [Tt', K]
+    best = torch.full((v_t,), float("-inf"), device=dev).scatter_reduce(
+        0, ids.reshape(-1), lp.reshape(-1), "amax"
+    )
+    cols = torch.nonzero(best > float("-inf")).squeeze(1)
+    if cols.shape[0] > cap:
+        cols = torch.sort(cols[torch.topk(best[cols], cap).indices]).values
+    m = cols.shape[0]
+    inv = torch.full((v_t,), -1, dtype=torch.long, device=dev)
+    inv[cols] = torch.arange(m, device=dev)
+    col_of = inv[proj.indices.long()]  # [V_s, k]
+    keep = (col_of >= 0) & (proj.weights > 0)
+    rows = torch.arange(v_s, device=dev)[:, None].expand_as(col_of)
+    w_t = torch.sparse_coo_tensor(torch.stack([col_of[keep], rows[keep]]), proj.weights[keep], (m, v_s))
+    w_t = w_t.coalesce().to_sparse_csr()  # [M, V_s]
+    p = torch.softmax(z[0].float() / temperature, dim=-1)  # [Ts, V_s] full fp32 student softmax
+    q = torch.sparse.mm(w_t, p.t()).t()  # [Ts, M]
+    fill = teacher.fill_logprob()[0][t_ok]  # [Tt']
+    dense = fill[:, None].expand(lp.shape[0], m + 1).clone()
+    dense.scatter_(1, torch.where(inv[ids] >= 0, inv[ids], m), lp)
+    lt = torch.log_softmax(dense[:, :m], dim=-1)  # [Tt', M]
+    q_sum = torch.zeros(n_chunks, m, device=dev).index_add(0, sc[0][s_ok], q[s_ok])  # [C, M]
+    l_sum = torch.zeros(n_chunks, m, device=dev).index_add(0, tc[0][t_ok], lt)  # [C, M]
+    qm = q_sum[both] / s_cnt[both, None] + eps
+    log_q = torch.log(qm / qm.sum(-1, keepdim=True))
+    lt_c = l_sum[both] / t_cnt[both, None]
+    return (torch.exp(lt_c) * (lt_c - log_q)).sum(-1).mean() * temperature**2
+
+
+def make_fast(proj: SparseProjection, temperature: float, cap: int) -> Any:
+    loss = PKLConfig(temperature=temperature, subset="per_batch", aggregation="nemo", subset_cap=cap).build(
+        proj
+    )
+    return loss.to(proj.indices.device)
+
+
+# ------------------------------------------------------------------------------------------- measuring
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_child(args: argparse.Namespace) -> dict[str, Any]:
+    device, seq = args.child_device, args.seq
+    data = make_inputs(args, device, seq)
+    z, proj, teacher, sc, tc = data["z"], data["proj"], data["teacher"], data["sc"], data["tc"]
+    if args.child == "naive":
+
+        def step() -> torch.Tensor:
+            return naive_pkl(z, proj, teacher, sc, tc, args.temperature, args.cap)
+    else:
+        fast = make_fast(proj, args.temperature, args.cap)
+
+        def step() -> torch.Tensor:
+            return fast(z, teacher, sc, tc)
+
+    cuda = device.startswith("cuda")
+    exact_rss = False
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        exact_rss = _reset_peak_rss()
+        base = (_rss_kib("VmRSS") or 0) * 1024
+    times, loss_val = [], float("nan")
+    for r in range(args.warmup + args.runs):
+        z.grad = None
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = step()
+        loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
+        if r >= args.warmup:
+            times.append(time.perf_counter() - t0)
+        loss_val = float(loss.detach())
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        hwm = _rss_kib("VmHWM") if exact_rss else None
+        peak_abs = (
+            hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
+        peak = peak_abs - base
+    return {
+        "variant": args.child,
+        "device": device,
+        "seq": seq,
+        "median_ms": 1000 * statistics.median(times),
+        "min_ms": 1000 * min(times),
+        "peak_mib": peak / 2**20,
+        "peak_exact": cuda or exact_rss,
+        "loss": loss_val,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def _spawn(argv: list[str] | None, variant: str, device: str, seq: int) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *(argv or []),
+        "--child",
+        variant,
+        "--child-device",
+        device,
+        "--seq",
+        str(seq),
+    ]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"{variant} on {device} failed:\n{out.stderr[-3000:]}")
+
+
+def _hardware() -> dict[str, Any]:
+    hw: dict[str, Any] = {
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        hw["cpu"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        hw["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        hw["gpu"] = torch.cuda.get_device_name(0)
+    return hw
+
+
+def _git() -> dict[str, Any]:
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT, check=False)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    return {"git_sha": git("rev-parse", "HEAD") or "unknown", "git_dirty": bool(git("status", "--porcelain"))}
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'device':<6} {'T':>5} {'variant':<18} {'median ms':>10} {'min ms':>9} {'peak MiB':>9} {'loss':>12}"
+    ]
+    for r in results:
+        lines.append(
+            f"{r['device']:<6} {r['seq']:>5} {VARIANTS[r['variant']]:<18} {r['median_ms']:>10.1f} "
+            f"{r['min_ms']:>9.1f} {r['peak_mib']:>9.0f} {r['loss']:>12.6f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")  # torch's beta/invariant-check notices
+        args.seq = args.seq or 512
+        print("RESULT " + json.dumps(run_child(args)), flush=True)
+        return 0
+    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else ["cpu"]
+    if args.device == "auto" and torch.cuda.is_available():
+        devices.append("cuda")
+    if "cuda" in devices and not torch.cuda.is_available():
+        print("CUDA requested but not available", file=sys.stderr)
+        return 2
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    results, ratios = [], {}
+    for device in devices:
+        seq = args.seq or (2048 if device == "cuda" else 512)
+        pair = {v: _spawn(_strip(passthrough), v, device, seq) for v in ("naive", "fast")}
+        results.extend(pair.values())
+        ratios[device] = {
+            "time_naive_over_fast": pair["naive"]["median_ms"] / pair["fast"]["median_ms"],
+            "memory_naive_over_fast": pair["naive"]["peak_mib"] / max(pair["fast"]["peak_mib"], 1e-9),
+            "loss_rel_diff": abs(pair["naive"]["loss"] - pair["fast"]["loss"])
+            / max(abs(pair["naive"]["loss"]), 1e-12),
+        }
+    print(_table(results))
+    for device, r in ratios.items():
+        print(
+            f"{device}: straightforward / fast = {r['time_naive_over_fast']:.2f}x time, "
+            f"{r['memory_naive_over_fast']:.2f}x peak memory (loss rel. diff {r['loss_rel_diff']:.1e})"
+        )
+    record = {
+        "benchmark": "pkl",
+        **_git(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "hardware": _hardware(),
+        "config": {k: v for k, v in vars(args).items() if k not in ("child", "child_device", "out")},
+        "peak_memory": "above inputs; CUDA max_memory_allocated, CPU VmHWM after clear_refs",
+        "results": results,
+        "ratios": ratios,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _strip(argv: list[str]) -> list[str]:
+    """Drop the driver-only flags (--device, --seq, --out) before passing the rest to a child."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--device", "--seq", "--out"):
+            skip = True
+            continue
+        if a.split("=", 1)[0] in ("--device", "--seq", "--out"):
+            continue
+        out.append(a)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

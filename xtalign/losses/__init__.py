@@ -1,0 +1,50 @@
+"""Distillation losses for cross-tokenizer KD (torch only; any device).
+
+Configs (frozen, keyword-only; ``.build()`` gives the module): ``PKLConfig`` → ``PKLLoss``,
+``GoldConfig`` → ``GoldLoss`` (GOLD / H-KL), ``ULDConfig`` → ``ULDLoss``, ``TopKKLConfig`` →
+``TopKKLLoss``, ``ScalingConfig`` → ``LossCombiner``, ``MultiTeacherConfig`` → ``MultiTeacher``.
+Inputs: ``TeacherTopK`` (teacher top-k per position), ``SparseProjection`` or ``LearnableProjection``
+(W), chunk ids from the aligner.
+"""
+
+from xtalign.losses.chunks import ChunkLayout, chunk_means
+from xtalign.losses.combine import LossCombiner, MultiTeacher, teacher_score
+from xtalign.losses.config import (
+    GoldConfig,
+    MultiTeacherConfig,
+    PKLConfig,
+    ScalingConfig,
+    TopKKLConfig,
+    ULDConfig,
+)
+from xtalign.losses.gold import GoldLoss, ULDLoss
+from xtalign.losses.kl import TopKKLLoss, kl_from_logprobs, next_token_ce
+from xtalign.losses.pkl import PKLLoss
+from xtalign.losses.projection import LearnableProjection, common_pairs
+from xtalign.losses.softmax_projection import projected_softmax
+from xtalign.losses.types import SparseProjection, TeacherTopK
+
+__all__ = [
+    "ChunkLayout",
+    "GoldConfig",
+    "GoldLoss",
+    "LearnableProjection",
+    "LossCombiner",
+    "MultiTeacher",
+    "MultiTeacherConfig",
+    "PKLConfig",
+    "PKLLoss",
+    "ScalingConfig",
+    "SparseProjection",
+    "TeacherTopK",
+    "TopKKLConfig",
+    "TopKKLLoss",
+    "ULDConfig",
+    "ULDLoss",
+    "chunk_means",
+    "common_pairs",
+    "kl_from_logprobs",
+    "next_token_ce",
+    "projected_softmax",
+    "teacher_score",
+]
