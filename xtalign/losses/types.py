@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -160,6 +161,13 @@ class SparseProjection:
     @property
     def student_vocab_size(self) -> int:
         return int(self.indices.shape[0])
+
+    @classmethod
+    def from_projection(cls, projection: Any, device: torch.device | str | None = None) -> SparseProjection:
+        """From an `xtalign.projection.Projection` (numpy ``indices``/``weights``, ``teacher_cols``)."""
+        return cls(indices=torch.as_tensor(projection.indices, dtype=torch.long, device=device),
+                   weights=torch.as_tensor(projection.weights, dtype=torch.float32, device=device),
+                   teacher_vocab_size=int(projection.teacher_cols))
 
     @classmethod
     def from_dense(cls, dense: Tensor, k: int | None = None) -> SparseProjection:

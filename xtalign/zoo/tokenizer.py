@@ -35,7 +35,11 @@ class TiktokenBackend:
         return self.encoding.encode_ordinary(text)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.encoding.encode_ordinary_batch(list(texts))
+        texts = list(texts)
+        # tiktoken's threaded batch costs more than it saves on many short strings (vocab re-encoding)
+        if len(texts) > 256 and sum(map(len, texts)) < 256 * len(texts):
+            return [self.encoding.encode_ordinary(t) for t in texts]
+        return self.encoding.encode_ordinary_batch(texts)
 
 
 class SentencePieceBackend:
