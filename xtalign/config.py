@@ -55,7 +55,7 @@ def from_mapping(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(f"unknown config key {prefix}{key!r}{_closest(key, list(fields))}")
+            raise ConfigError(f"unknown config key '{prefix}{key}'{_closest(key, list(fields))}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
 
