@@ -159,3 +159,27 @@ def test_cli_dry_run_and_bad_flags(tmp_path, capsys, monkeypatch) -> None:
     (tmp_path / "x.safetensors").write_bytes(b"junk")
     assert main(["inspect", str(tmp_path / "x.safetensors")]) == 2
     assert main(["inspect", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def test_cli_nemo_import_and_npz_export(tmp_path, capsys) -> None:
+    torch = pytest.importorskip("torch")
+    from xtalign.cli.main import main
+    from xtalign.zoo import load_tokenizer
+
+    built = build_projection(load_tokenizer("phi3"), load_tokenizer("mistral-v1"), ProjectionConfig(top_k=2))
+    idx = np.where(built.weights > 0, built.indices, -1)
+    torch.save({"indices": torch.from_numpy(idx.astype(np.int64)), "likelihoods": torch.from_numpy(built.weights)},
+               tmp_path / "nemo.pt")
+    out = tmp_path / "imported.safetensors"
+    assert main(["build-projection", "--student", "phi3", "--teacher", "mistral-v1", "--from-nemo",
+                 str(tmp_path / "nemo.pt"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    imported = load_projection(out, student=load_tokenizer("phi3"), teacher=load_tokenizer("mistral-v1"))
+    assert np.array_equal(imported.indices, built.indices) and np.allclose(imported.weights, built.weights)
+    npz = tmp_path / "w.npz"
+    assert main(["inspect", str(out), "--export-npz", str(npz)]) == 0
+    assert f"wrote {npz}" in capsys.readouterr().out
+    assert sp.load_npz(npz).shape == imported.shape
+    assert main(["inspect", str(out), "--export-npz", str(npz)]) == 2  # refuses to overwrite
+    assert main(["build-projection", "--student", "phi3", "--teacher", "mistral-v1", "--from-nemo",
+                 str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.safetensors")]) == 2

@@ -20,6 +20,8 @@ EXAMPLE = """example:
   xtalign build-projection --student llama3 --teacher qwen3
       # -> out/projections/llama3__qwen3.safetensors
   xtalign build-projection --student gemma3 --teacher llama3 --top-k 8 --decay 0.9,0.1 --no-reverse --out w.safetensors
+  xtalign build-projection --student llama3 --teacher qwen3 --from-nemo nemo_llama_qwen_topk.pt --out w.safetensors
+      # import NeMo RL's top-k .pt map (torch.load weights_only) and stamp both fingerprints
   xtalign inspect out/projections/llama3__qwen3.safetensors --token " the" --token 201
 """
 
@@ -33,6 +35,7 @@ class BuildProjectionConfig:
     out: str
     projection: ProjectionConfig
     overwrite: bool = False
+    from_nemo: str | None = None
 
 
 def add_parser(sub: Any, verb: str) -> None:
@@ -48,6 +51,8 @@ def add_parser(sub: Any, verb: str) -> None:
     p.add_argument("--no-reverse", action="store_true", help="skip the reverse pass over the teacher vocabulary")
     p.add_argument("--special-fuzzy-threshold", type=float, default=85.0, metavar="SCORE",
                    help="rapidfuzz ratio (0-100) to match specials that have no known role (default: 85)")
+    p.add_argument("--from-nemo", type=Path, metavar="FILE.pt",
+                   help="import NeMo RL's top-k projection (indices/likelihoods, -1 = empty) instead of building")
     p.add_argument("--out", type=Path, help="output file (default: out/projections/STUDENT__TEACHER.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -88,8 +93,10 @@ def resolve_config(args: argparse.Namespace) -> BuildProjectionConfig:
     except ValueError as exc:
         raise CLIError(f"{exc}; fix the flag (see --help)") from None
     out = args.out or Path("out/projections") / f"{_file_stem(args.student)}__{_file_stem(args.teacher)}.safetensors"
+    if args.from_nemo is not None and not args.from_nemo.is_file():
+        raise CLIError(f"--from-nemo {args.from_nemo} does not exist; give NeMo RL's top-k projection .pt file")
     return BuildProjectionConfig(student=args.student, teacher=args.teacher, out=str(out), overwrite=args.overwrite,
-                                 projection=proj)
+                                 projection=proj, from_nemo=str(args.from_nemo) if args.from_nemo else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,7 +115,19 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     student, teacher = load_tokenizer(cfg.student), load_tokenizer(cfg.teacher)
-    proj = cfg.projection.build(student, teacher)
+    if cfg.from_nemo:
+        from xtalign.cli.common import CLIError
+        from xtalign.io import ProjectionFormatError, import_nemo_pt
+
+        try:
+            proj = import_nemo_pt(cfg.from_nemo, student=student, teacher=teacher)
+        except (ProjectionFormatError, RuntimeError, OSError) as exc:
+            raise CLIError(f"cannot import {cfg.from_nemo}: {exc}") from None
+        if proj.shape[0] < student.size:
+            raise CLIError(f"{cfg.from_nemo} has {proj.shape[0]:,} rows but student {student.name} has "
+                           f"{student.size:,} tokens; pass the student the NeMo map was built for")
+    else:
+        proj = cfg.projection.build(student, teacher)
     save_projection(proj, out)
     _print_summary(proj, out, time.perf_counter() - t0)
     return 0
@@ -121,9 +140,9 @@ def _print_summary(proj: Any, out: Path, seconds: float) -> None:
           f"{s['entries']:,} entries")
     print(f"  exact      {s['exact_rows']:,} of the student's normal tokens ({s['exact_share']:.2%})")
     by = s["rows_by_source"]
-    print(f"  rows       decomposed {by['decomposed']:,}, byte {by['byte']:,}, special by role "
-          f"{by['special_role']:,}, special fuzzy {by['special_fuzzy']:,}")
-    reasons = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in s["empty_by_reason"].items() if v)
+    print("  rows       " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in by.items()
+                                       if v and k not in ("exact", "empty")))
+    reasons = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in s.get("empty_by_reason", {}).items() if v)
     print(f"  empty      {s['empty_rows']:,} rows" + (f" ({reasons})" if reasons else ""))
     print(f"  mean       {s['mean_entries_per_row']:.3f} entries per non-empty row")
     print(f"wrote {out} in {seconds:.1f} s")

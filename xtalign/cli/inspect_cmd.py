@@ -28,12 +28,17 @@ def add_parser(sub: Any, verb: str) -> None:
     p.add_argument("--student", metavar="NAME", help="student tokenizer to use instead of the name stored in the file")
     p.add_argument("--teacher", metavar="NAME", help="teacher tokenizer to use instead of the name stored in the file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--export-npz", type=Path, metavar="PATH", help="also write W as a scipy CSR .npz")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --export-npz file")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from xtalign.cli.common import check_out_file
+
+    npz = check_out_file(args.export_npz, overwrite=args.overwrite) if args.export_npz else None
     proj, meta, student, teacher = _load(args)
     report: dict[str, Any] = {"file": str(args.file), "header": _header(proj, meta), "stats": proj.stats, "tokens": []}
     for text in args.token:
@@ -47,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--id {sid} is outside the student rows [0, {proj.shape[0]}); give a student token id")
         report["tokens"].append({"text": None, "student_ids": [sid], "rows": [_row(proj, student, teacher, sid)]})
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else _format(report))
+    if npz is not None:
+        from xtalign.io import export_npz
+
+        export_npz(proj, npz)
+        if not args.json:
+            print(f"wrote {npz}")
     return 0
 
 
