@@ -214,12 +214,18 @@ def _load_path(path: Path) -> Tokenizer:
 
 
 def _load_hub(repo_id: str) -> Tokenizer:
+    """A hub repo's tokenizer.json; repos that ship only a slow tokenizer go through transformers."""
     try:
         from huggingface_hub import hf_hub_download
 
-        local = hf_hub_download(repo_id, "tokenizer.json")
-    except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear message
-        raise UnknownTokenizerError(
-            f"could not fetch tokenizer.json for hub id {repo_id!r} ({type(exc).__name__}); check the id and that "
-            "the hub is reachable, or pass a local path or a zoo name") from None
-    return builders.from_tokenizer_json(repo_id, "tokenizer.json", f"hub:{repo_id}", Path(local).read_text("utf-8"))
+        text = Path(hf_hub_download(repo_id, "tokenizer.json")).read_text("utf-8")
+    except Exception as first:  # noqa: BLE001 - fall back, then report one clear line
+        try:
+            from transformers import AutoTokenizer
+
+            text = AutoTokenizer.from_pretrained(repo_id).backend_tokenizer.to_str()
+        except Exception:  # noqa: BLE001
+            raise UnknownTokenizerError(
+                f"could not fetch a tokenizer for hub id {repo_id!r} ({type(first).__name__}); check the id and that "
+                "the hub is reachable, or pass a local path or a zoo name") from None
+    return builders.from_tokenizer_json(repo_id, "tokenizer.json", f"hub:{repo_id}", text)
