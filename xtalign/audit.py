@@ -273,17 +273,14 @@ def _id_class(key: str, label: str, vocab: Vocab, ids: np.ndarray, mask: np.ndar
 
 
 def special_counts(student: Vocab, teacher: Vocab) -> ClassCount:
-    """Student special tokens that map to a teacher special by role (bos, eos, …) or identical name."""
-    role_of = {i: r for r, i in student.roles.items()}
-    teacher_names = {teacher.names[j] for j in teacher.special_ids.tolist()}
-    ok, missing = 0, []
-    for i in student.special_ids.tolist():
-        if role_of.get(i) in teacher.roles or student.names[i] in teacher_names:
-            ok += 1
-        elif len(missing) < MAX_MISSING:
-            missing.append(student.names[i])
-    return ClassCount("special", "special / chat tokens (by role or name)", ok, len(student.special_ids),
-                      tuple(missing))
+    """Student special tokens that the projection maps to a teacher special: by role (bos, eos, chat
+    markers, …), then rapidfuzz for specials without a role — the same rule as `build-projection`."""
+    from xtalign.projection import map_special_tokens
+
+    mapped = map_special_tokens(student, teacher)
+    missing = tuple(student.names[i] for i in student.special_ids.tolist() if i not in mapped)[:MAX_MISSING]
+    return ClassCount("special", "special / chat tokens (as W maps them)", len(mapped), len(student.special_ids),
+                      missing)
 
 
 def _corpus_counts(sp: Probes, mask: np.ndarray) -> list[ClassCount]:

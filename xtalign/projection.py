@@ -289,7 +289,7 @@ def _roles_of(vocab: Vocab, tid: int) -> list[str]:
     return roles + [r for r, names in ROLE_NAMES.items() if name in names and r not in roles]
 
 
-def _special_rows(student: Vocab, teacher: Vocab, threshold: float) -> dict[int, tuple[int, RowSource]]:
+def map_special_tokens(student: Vocab, teacher: Vocab, threshold: float = 85.0) -> dict[int, tuple[int, RowSource]]:
     """Student SPECIAL id -> (teacher id, how); by role first, rapidfuzz for specials without a role."""
     from rapidfuzz import fuzz, process, utils
 
@@ -361,7 +361,7 @@ def build_projection(student: Tokenizer, teacher: Tokenizer, config: ProjectionC
     open_rows = np.flatnonzero((sv.kinds == TokenKind.NORMAL) & (exact < 0) & (sv.byte_lengths > 0))
     (rows, cols, vals), fallbacks = _decomposition_triplets(student, teacher, open_rows, cfg)
     fixed = np.flatnonzero(exact >= 0)
-    specials = _special_rows(sv, tv, cfg.special_fuzzy_threshold)
+    specials = map_special_tokens(sv, tv, cfg.special_fuzzy_threshold)
     s_rows = np.fromiter(specials, dtype=np.int64, count=len(specials))
     s_cols = np.array([t for t, _ in specials.values()], dtype=np.int64)
     source[s_rows] = [how for _, how in specials.values()]
