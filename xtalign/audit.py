@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from xtalign.vocab import Vocab
+from xtalign.vocab import TokenKind, Vocab
 
 if TYPE_CHECKING:
     from xtalign.zoo.tokenizer import Tokenizer
@@ -99,12 +99,11 @@ def covering_tokens(tok: Tokenizer, texts: Sequence[str],
 
 
 def strict_common_mask(student: Vocab, teacher: Vocab) -> np.ndarray:
-    """[V_student] bool: NORMAL student tokens whose canonical bytes are a teacher normal token."""
-    tset, tb = teacher.normal_set, student.token_bytes
-    mask = np.zeros(student.size, dtype=bool)
-    ids = student.normal_ids.tolist()
-    mask[ids] = [tb[i] in tset for i in ids]
-    return mask
+    """[V_student] bool: NORMAL student tokens whose projection row is one-hot exact — their canonical bytes
+    are a teacher token (a single byte may be the teacher's byte-fallback token), as `build-projection` decides."""
+    from xtalign.projection import exact_matches
+
+    return (exact_matches(student, teacher) >= 0) & (student.kinds == TokenKind.NORMAL)
 
 
 def _ids_matching(vocab: Vocab, pattern: re.Pattern[str]) -> np.ndarray:

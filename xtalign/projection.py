@@ -267,7 +267,7 @@ def _piece_triplets(pieces: list[list[int]], owners: np.ndarray, cfg: Projection
     return owners[owner_pos[keep]], flat[keep], table[n, pos[keep]]
 
 
-def _exact_rows(student: Vocab, teacher: Vocab) -> np.ndarray:
+def exact_matches(student: Vocab, teacher: Vocab) -> np.ndarray:
     """[V_s] int64 teacher id with the same bytes, -1 where none (NORMAL and BYTE student rows only)."""
     out = np.full(student.size, -1, dtype=np.int64)
     ids = np.flatnonzero(np.isin(student.kinds, (TokenKind.NORMAL, TokenKind.BYTE)) & (student.byte_lengths > 0))
@@ -355,7 +355,7 @@ def build_projection(student: Tokenizer, teacher: Tokenizer, config: ProjectionC
     cfg = config or ProjectionConfig()
     sv, tv = student.vocab, teacher.vocab
     shape = (max(sv.size, student.model_rows or 0), max(tv.size, teacher.model_rows or 0))
-    exact = _exact_rows(sv, tv)
+    exact = exact_matches(sv, tv)
     source = np.zeros(shape[0], dtype=np.uint8)
     source[: sv.size][exact >= 0] = np.where(sv.kinds[exact >= 0] == TokenKind.BYTE, RowSource.BYTE, RowSource.EXACT)
     open_rows = np.flatnonzero((sv.kinds == TokenKind.NORMAL) & (exact < 0) & (sv.byte_lengths > 0))
