@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from xtalign.zoo.tokenizer import Tokenizer
 
 __all__ = ["Alignment", "Truncation", "align_ends", "align_ids", "align_text", "align_texts", "common_boundaries",
-           "cut_point", "prediction_chunks", "token_ends", "truncate_text"]
+           "cut_point", "flatten_rows", "prediction_chunks", "token_ends", "truncate_text"]
 
 Rows = Sequence[Sequence[int] | np.ndarray]
 
@@ -127,7 +127,7 @@ def prediction_chunks(token_chunk: np.ndarray) -> np.ndarray:
 # --- flat (ragged) helpers ------------------------------------------------------------------------
 
 
-def _flatten(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
+def flatten_rows(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ints -> (flat [N] int64, offsets [B+1] int64)."""
     lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -234,16 +234,13 @@ def _build(s: tuple[np.ndarray, np.ndarray], t: tuple[np.ndarray, np.ndarray], s
     )
 
 
-# --- public entry points --------------------------------------------------------------------------
-
-
 def align_ends(student_ends: Rows, teacher_ends: Rows, *, texts: Sequence[str] | None = None) -> Alignment:
     """Align B rows given per-token byte ends (``[Ts_b]`` and ``[Tt_b]`` per row, non-decreasing).
 
     A token whose end equals the previous end (or 0 at the start) carries no text and gets chunk -1.
     Both sides of a row must end at the same byte (they tokenize the same text).
     """
-    return _build(_flatten(student_ends), _flatten(teacher_ends), None, None, texts)
+    return _build(flatten_rows(student_ends), flatten_rows(teacher_ends), None, None, texts)
 
 
 def _vocab_of(side: Tokenizer | Vocab) -> tuple[Vocab, bool]:
@@ -265,7 +262,7 @@ def _ends_flat(ids: np.ndarray, offsets: np.ndarray, vocab: Vocab, dummy_prefix:
 def token_ends(ids: Rows, side: Tokenizer | Vocab) -> list[np.ndarray]:
     """Per row, the byte offset where each token ends ``[T_b]`` (exact bytes; dummy prefix handled)."""
     vocab, dummy = _vocab_of(side)
-    flat, offsets = _flatten(ids)
+    flat, offsets = flatten_rows(ids)
     return np.split(_ends_flat(flat, offsets, vocab, dummy), offsets[1:-1])
 
 
@@ -277,8 +274,8 @@ def align_ids(student_ids: Rows, teacher_ids: Rows, *, student: Tokenizer | Voca
     removed. With `texts`, each row is checked to cover exactly its text's bytes.
     """
     (s_vocab, s_dummy), (t_vocab, t_dummy) = _vocab_of(student), _vocab_of(teacher)
-    s_ids, s_off = _flatten(student_ids)
-    t_ids, t_off = _flatten(teacher_ids)
+    s_ids, s_off = flatten_rows(student_ids)
+    t_ids, t_off = flatten_rows(teacher_ids)
     s_ends = _ends_flat(s_ids, s_off, s_vocab, s_dummy)
     t_ends = _ends_flat(t_ids, t_off, t_vocab, t_dummy)
     return _build((s_ends, s_off), (t_ends, t_off), s_ids, t_ids, texts)
@@ -320,11 +317,17 @@ def align_texts(texts: Sequence[str], *, student: Tokenizer, teacher: Tokenizer,
     t_rows, t_ends = _encode(teacher, texts, add_bos, add_eos)
     if s_ends is None and t_ends is None:
         return align_ids(s_rows, t_rows, student=student, teacher=teacher, texts=texts)
-    s_flat, s_off = _flatten(s_rows)
-    t_flat, t_off = _flatten(t_rows)
-    s_e = _flatten(s_ends)[0] if s_ends is not None else _ends_flat(s_flat, s_off, student.vocab, student.dummy_prefix)
-    t_e = _flatten(t_ends)[0] if t_ends is not None else _ends_flat(t_flat, t_off, teacher.vocab, teacher.dummy_prefix)
+    s_flat, s_off = flatten_rows(s_rows)
+    t_flat, t_off = flatten_rows(t_rows)
+    s_e = _side_ends(s_flat, s_off, s_ends, student)
+    t_e = _side_ends(t_flat, t_off, t_ends, teacher)
     return _build((s_e, s_off), (t_e, t_off), s_flat, t_flat, texts)
+
+
+def _side_ends(flat: np.ndarray, offsets: np.ndarray, ends_rows: list | None, tok: Tokenizer) -> np.ndarray:
+    """Flat byte ends of one side: from the encoder's offsets where given, else from exact byte lengths."""
+    return flatten_rows(ends_rows)[0] if ends_rows is not None else _ends_flat(flat, offsets, tok.vocab,
+                                                                                 tok.dummy_prefix)
 
 
 def align_text(text: str, *, student: Tokenizer, teacher: Tokenizer, add_bos: bool = False,

@@ -32,12 +32,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from xtalign.align import flatten_rows
 from xtalign.vocab import TokenKind, Vocab
 
 if TYPE_CHECKING:
@@ -215,16 +215,10 @@ def _encode_mixed(tok: Tokenizer, data: bytes, singles: dict[int, int]) -> list[
     return out
 
 
-def _flatten(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """(flat ids int64 [N], counts int64 [len(lists)])."""
-    counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
-    flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(counts.sum()))
-    return flat, counts
-
-
 def _mismatches(vocab: Vocab, targets: Sequence[bytes], pieces: list[list[int]]) -> np.ndarray:
     """Indices of targets whose pieces do not concatenate to them."""
-    flat, counts = _flatten(pieces)
+    flat, offsets = flatten_rows(pieces)
+    counts = np.diff(offsets)
     got = np.bincount(np.repeat(np.arange(len(pieces)), counts), weights=vocab.byte_lengths[flat],
                       minlength=len(pieces))
     want = np.fromiter(map(len, targets), dtype=np.int64, count=len(targets))
@@ -256,7 +250,8 @@ def encode_exact(tok: Tokenizer, targets: Sequence[bytes]) -> tuple[list[list[in
 
 def _piece_triplets(pieces: list[list[int]], owners: np.ndarray, cfg: ProjectionConfig) -> tuple[np.ndarray, ...]:
     """(owner [N], piece id [N], weight [N]) for the first `max_pieces` pieces of each decomposition."""
-    flat, counts = _flatten(pieces)
+    flat, offsets = flatten_rows(pieces)
+    counts = np.diff(offsets)
     owner_pos = np.repeat(np.arange(len(pieces)), counts)
     pos = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
     keep = pos < cfg.max_pieces

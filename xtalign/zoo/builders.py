@@ -320,11 +320,9 @@ def from_tokenizer_json(name: str, family: str, source: str, text: str) -> Token
     names = [hf.id_to_token(i) or "" for i in range(n)]
     model = spec.get("model", {})
     if model.get("type") == "WordPiece":
-        types = np.array([3 if a.get("special") else 1 for a in spec.get("added_tokens", [])] or [1] * 0)
         typ = np.ones(n, np.int64)
         for a in spec.get("added_tokens", []):
             typ[a["id"]] = 3 if a.get("special") else 1
-        del types
         return _wordpiece_tokenizer(name, family, source, names, typ, hf, {})
     bytelevel = _has_type(spec.get("pre_tokenizer"), "ByteLevel") or _has_type(spec.get("decoder"), "ByteLevel")
     tb, kinds = [b""] * n, np.zeros(n, np.uint8)

@@ -138,16 +138,12 @@ class Tokenizer:
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         """Exact bytes of `ids` in text (the dummy-prefix space removed)."""
         out = self.vocab.decode_bytes(ids)
-        if self.dummy_prefix and out.startswith(b" ") and len(ids) and self._first_text(ids):
+        if self.dummy_prefix and out.startswith(b" "):  # the phantom space of the first token with bytes
             out = out[1:]
         return out
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
-    def _first_text(self, ids: Sequence[int]) -> bool:
-        # the phantom space belongs to the first token that carries bytes
-        return any(self.vocab.byte_lengths[i] for i in ids)
 
     def byte_ends(self, text: str, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and, per token, the byte offset in UTF-8 `text` where it ends. [T], [T]
