@@ -19,7 +19,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     main_pair = throughput(toks[args.student], toks[args.teacher], texts, args.repeats)
     comparisons = [compare(toks[s], toks[t], texts[:n_rows], args.repeats) for s, t in pairs]
     report = {
-        **provenance(), "numpy": np.__version__, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        **provenance(), "numpy": np.__version__,
         "load_average_1m": os.getloadavg()[0],  # the machine may be shared: read timings with this
         "threads_env": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
         "student": args.student, "teacher": args.teacher, "rows": len(texts),
@@ -185,16 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     dump_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _print(r: dict[str, Any]) -> None:

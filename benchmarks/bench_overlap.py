@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     med = statistics.median(walls)
     result = {"benchmark": "overlap-default-5", "median_wall_s": round(med, 3), "walls_s": [round(w, 3) for w in walls],
-              "target_s": 20.0, "cpus": os.cpu_count(), **provenance()}
+              "target_s": 20.0, **provenance()}
     out = ROOT / "out" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "overlap.json").write_text(json.dumps(result, indent=2))

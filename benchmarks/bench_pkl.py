@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime as dt
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -41,6 +39,7 @@ from typing import Any
 
 import torch
 
+from xtalign.cli.common import provenance
 from xtalign.losses import PKLConfig, SparseProjection, TeacherTopK
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,30 +276,10 @@ def _spawn(argv: list[str] | None, variant: str, device: str, seq: int) -> dict[
 
 
 def _hardware() -> dict[str, Any]:
-    hw: dict[str, Any] = {
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    try:
-        hw["cpu"] = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        hw["cpu"] = platform.processor()
+    hw: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         hw["gpu"] = torch.cuda.get_device_name(0)
     return hw
-
-
-def _git() -> dict[str, Any]:
-    def git(*a: str) -> str:
-        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT, check=False)
-        return r.stdout.strip() if r.returncode == 0 else ""
-
-    return {"git_sha": git("rev-parse", "HEAD") or "unknown", "git_dirty": bool(git("status", "--porcelain"))}
 
 
 def _table(results: list[dict[str, Any]]) -> str:
@@ -348,10 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     record = {
         "benchmark": "pkl",
-        **_git(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **provenance(),
         "torch": torch.__version__,
-        "python": platform.python_version(),
         "hardware": _hardware(),
         "config": {k: v for k, v in vars(args).items() if k not in ("child", "child_device", "out")},
         "peak_memory": "above inputs; CUDA max_memory_allocated, CPU VmHWM after clear_refs",

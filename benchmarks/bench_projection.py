@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -71,10 +70,8 @@ def in_process(student_name: str, teacher_name: str, runs: int) -> dict[str, Any
 
 
 def hardware() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gib": round(mem, 1), "load_avg_1m": os.getloadavg()[0]}
+    return {"memory_gib": round(mem, 1), "load_avg_1m": os.getloadavg()[0]}
 
 
 def versions() -> dict[str, str]:
@@ -107,7 +104,7 @@ def main() -> int:
         "build_alone": {**build, "target_s": 1.0},
         "provenance": provenance(), "versions": versions(), "hardware": hardware(),
     }
-    print(f"{args.student} x {args.teacher} on {result['hardware']['cpus']} CPUs "
+    print(f"{args.student} x {args.teacher} on {result['provenance']['cpu_count']} CPUs "
           f"(load {result['hardware']['load_avg_1m']:.2f})")
     print(f"  xtalign build-projection: wall median {result['cli']['wall_median_s']:.2f} s "
           f"(runs {', '.join(format(r['wall_s'], '.2f') for r in cli)}), peak RSS median "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -50,21 +51,38 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     tmp.replace(path)
 
 
-def git_sha() -> str:
+def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        out = subprocess.run(["git", *args], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parents[2], timeout=5)
-        return out.stdout.strip() or "unknown"
+        return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return ""
+
+
+def git_sha() -> str:
+    return _git("rev-parse", "--short", "HEAD") or "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def provenance() -> dict[str, Any]:
     """Where and when a result was produced: for results JSON."""
     from xtalign import __version__
 
-    return {"xtalign": __version__, "git_sha": git_sha(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine()}
+    return {"xtalign": __version__, "git_sha": git_sha(), "git_dirty": bool(_git("status", "--porcelain")),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"), "python": sys.version.split()[0],
+            "platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_model(),
+            "cpu_count": os.cpu_count()}
 
 
 def dump_json(path: Path, obj: Any) -> None:
