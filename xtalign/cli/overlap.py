@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 DEFAULT_SET = ("tekken", "qwen3", "llama3", "gemma3", "gpt-oss")
 EXAMPLE = """example:
@@ -17,7 +17,7 @@ EXAMPLE = """example:
 @dataclass(frozen=True, kw_only=True)
 class OverlapConfig:
     tokenizers: tuple[str, ...] = DEFAULT_SET
-    metric: str = "min"
+    metric: Literal["min", "jaccard", "coverage"] = "min"
     include_special: bool = False
     corpus: str | None = None
     out: str = "out/overlap"
@@ -80,9 +80,8 @@ def _compute(cfg: OverlapConfig, corpus_text: str | None) -> Any:
     if corpus_text is not None:
         docs = [d for d in corpus_text.split("\n\n") if d]  # paragraphs keep batches small
         counts = [token_byte_counts(t.encode_batch(docs), t.vocab) for t in toks]
-    res = compute_overlap([t.vocab for t in toks], metric=cfg.metric, include_special=cfg.include_special,  # type: ignore[arg-type]
-                          corpus_counts=counts, corpus=cfg.corpus)
-    return res
+    return compute_overlap([t.vocab for t in toks], metric=cfg.metric, include_special=cfg.include_special,
+                           corpus_counts=counts, corpus=cfg.corpus)
 
 
 def _print_table(result: Any) -> None:
