@@ -16,9 +16,10 @@ def test_align_json_chunks(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert list(out) == ["chunks"]
     chunks = out["chunks"]
-    assert all(list(c) == ["text", "student", "teacher"] for c in chunks)
+    assert all(list(c) == ["text", "bytes", "student", "teacher"] for c in chunks)
     assert "".join(c["text"] for c in chunks) == text
-    assert {"text": "365", "student": [12676], "teacher": [18, 21, 20]} in chunks  # qwen3 splits digits
+    # qwen3 splits digits
+    assert {"text": "365", "bytes": [18, 21], "student": [12676], "teacher": [18, 21, 20]} in chunks
     assert all(c["student"] and c["teacher"] for c in chunks)
 
 
@@ -32,6 +33,29 @@ def test_align_table_and_text_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["align", "-s", "mistral-v1", "-t", "llama3", "--text-file", str(path), "--json"]) == 0
     chunks = json.loads(capsys.readouterr().out)["chunks"]
     assert "".join(c["text"] for c in chunks if "\\x" not in c["text"]).startswith("héllo [INST] ")
+
+
+def test_align_json_bytes_rebuild_input(capsys: pytest.CaptureFixture[str]) -> None:
+    """Chunk spans tile the input exactly, even where a chunk ends inside an emoji or the text has a backslash."""
+    text = "a\\x f0 👍🏽 \\ done 🇯🇵"
+    assert main(["align", "-s", "llama3", "-t", "mistral-v1", "--text", text, "--json"]) == 0
+    chunks = json.loads(capsys.readouterr().out)["chunks"]
+    data = text.encode("utf-8")
+    assert b"".join(data[a:b] for a, b in (c["bytes"] for c in chunks)) == data
+    assert [c["bytes"][0] for c in chunks[1:]] == [c["bytes"][1] for c in chunks[:-1]]  # contiguous
+    pieces = [data[a:b] for a, b in (c["bytes"] for c in chunks)]
+    whole = [_decodes(x) for x in pieces]
+    assert not all(whole)  # some chunk ends inside a multi-byte character: its text alone cannot rebuild the input
+    assert all(c["text"] == x.decode("utf-8") for c, x, ok in zip(chunks, pieces, whole, strict=True) if ok)
+    assert {"text": "\\x", "bytes": [1, 3]}.items() <= chunks[1].items()  # a literal backslash, not an escape
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(("argv", "message"), [

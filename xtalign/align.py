@@ -100,9 +100,9 @@ class Alignment:
                  "bytes": [a, b], "student": sides[0][k], "teacher": sides[1][k]} for k, (a, b) in enumerate(spans)]
 
     def to_json(self, row: int = 0) -> dict[str, Any]:
-        """``{"chunks": [{"text": …, "student": [ids], "teacher": [ids]}, …]}`` for one row."""
-        return {"chunks": [{"text": c["text"], "student": c["student"], "teacher": c["teacher"]}
-                           for c in self.chunks(row)]}
+        """``{"chunks": [{"text", "bytes": [start, end), "student": [ids], "teacher": [ids]}, …]}`` for one row;
+        ``text`` is for reading (escaped where a chunk splits a character), ``utf8[start:end]`` is exact."""
+        return {"chunks": [{k: c[k] for k in ("text", "bytes", "student", "teacher")} for c in self.chunks(row)]}
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 A chunk ends wherever both tokenizations end a token, so each chunk covers the same bytes on both
 sides and none can be split further. The table lists, per chunk, its text and each side's tokens.
+
+--json gives each chunk its exact byte span "bytes": [start, end) in the UTF-8 text; a chunk that ends
+inside a multi-byte character (an emoji split by a byte-fallback tokenizer) has an escaped "text" for
+reading only. Rebuild a chunk exactly with text.encode('utf-8')[start:end]; the spans tile the input.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ def add_parser(sub: Any, verb: str) -> None:
     src.add_argument("--text", help="the text to align")
     src.add_argument("--text-file", type=Path, help="read the text to align from this UTF-8 file")
     p.add_argument("--json", action="store_true",
-                   help='print {"chunks": [{"text", "student": [ids], "teacher": [ids]}, ...]} instead of a table')
+                   help='print {"chunks": [{"text", "bytes": [start, end), "student": [ids], "teacher": [ids]}, ...]} '
+                        "instead of a table; the exact chunk is text.encode('utf-8')[start:end] (\"text\" is "
+                        "backslash-escaped where a chunk splits a character)")
     p.set_defaults(run=run)
 
 
