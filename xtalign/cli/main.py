@@ -14,12 +14,16 @@ from xtalign.cli.common import EXIT_FAILURE, EXIT_USAGE, CLIError
 # verb name -> module under xtalign.cli (modules missing from a checkout are skipped)
 VERBS = {
     "tokenizers": "tokenizers_cmd",
+    "models": "models_cmd",
     "encode": "encode",
     "overlap": "overlap",
     "build-projection": "build_projection",
     "inspect": "inspect_cmd",
     "audit": "audit",
     "align": "align",
+    "distill": "distill",
+    "cache-teachers": "cache_teachers",
+    "eval": "eval_cmd",
 }
 
 
