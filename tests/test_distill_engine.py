@@ -20,7 +20,7 @@ TINY_ARCH = {"family": "llama", "hidden_size": 32, "num_layers": 1, "num_heads":
              "intermediate_size": 64, "max_position": 128}
 
 
-def fast_config(tmp: Path, **extra: object) -> Path:
+def fast_config(tmp: Path, name: str = "run.yaml", **extra: object) -> Path:
     """A seconds-long run: mistral-v1 student <- gpt2 teacher (P-KL), 32 tokens per row."""
     cfg = {
         "student": {"model": "random", "tokenizer": "mistral-v1", "arch": TINY_ARCH},
@@ -32,7 +32,7 @@ def fast_config(tmp: Path, **extra: object) -> Path:
         "steps": 3, "batch_size": 2, "seq_len": 32, "seed": 0, "device": "cpu", "threads": 1,
     }
     cfg.update(extra)
-    path = tmp / "run.yaml"
+    path = tmp / name
     path.write_text(yaml.safe_dump(cfg))
     return path
 

@@ -286,7 +286,8 @@ def _clear_previous_run(run_dir: Path) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
-SAFE_OVERRIDES = ("steps", "eval.", "checkpoint.", "data.workers", "data.prefetch", "threads")
+SAFE_OVERRIDES = ("steps", "eval.", "checkpoint.", "data.workers", "data.prefetch", "threads", "backend", "ray.",
+                  "student.num_workers", "student.num_gpus", "student.num_cpus", "student.resources")
 
 
 def check_resume_overrides(overrides: list[str]) -> None:
@@ -294,7 +295,8 @@ def check_resume_overrides(overrides: list[str]) -> None:
         key = item.split("=", 1)[0]
         if not any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_OVERRIDES):
             raise ConfigError(f"--resume keeps the saved config; {key!r} cannot change mid-run (allowed: steps, "
-                              "eval.*, checkpoint.*, data.workers, data.prefetch, threads)")
+                              "eval.*, checkpoint.*, data.workers, data.prefetch, threads, backend, ray.*, and the "
+                              "student's num_workers, num_gpus, num_cpus, resources)")
 
 
 def resume(run_dir: Path, overrides: list[str], *, on_step: StepCallback | None = None) -> dict[str, Any]:

@@ -1,0 +1,163 @@
+"""`backend: ray` on a local CPU cluster: same results as `local`, async, data-parallel ranks, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_distill_engine import TINY_ARCH, distill, fast_config, metrics
+from xtalign.cli.main import main
+from xtalign.distill.placement import PlacementError, bundles, check_feasible
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster for the module (runs reuse it instead of starting their own)."""
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def ray_config(tmp: Path, **extra: object) -> Path:
+    base = {"backend": "ray", "ray": {"address": None}}
+    base.update(extra)
+    return fast_config(tmp, "ray.yaml", **base)
+
+
+def test_check_feasible_names_what_is_missing() -> None:
+    from xtalign.distill.config import config_from_dict
+
+    cfg = config_from_dict({"student": {"model": "random", "tokenizer": "gpt2", "arch": TINY_ARCH, "num_workers": 2},
+                            "teachers": [{"model": "random", "tokenizer": "gpt2", "arch": TINY_ARCH, "name": "t",
+                                          "num_gpus": 0.5, "resources": {"teacher-node": 1}}],
+                            "backend": "ray", "batch_size": 2})
+    wanted = bundles(cfg)
+    assert [w for w, _ in wanted] == ["teacher t", "student rank 0", "student rank 1"]
+    assert wanted[0][1] == {"CPU": 1.0, "GPU": 0.5, "teacher-node": 1.0}
+    with pytest.raises(PlacementError, match=r"needs 0.5 GPU \(the cluster has 0\), 1 teacher-node"):
+        check_feasible(wanted, [{"CPU": 8.0}])
+    with pytest.raises(PlacementError, match="no single node .* teacher t"):
+        check_feasible(wanted, [{"CPU": 8.0}, {"GPU": 1.0}, {"teacher-node": 1.0}])
+    check_feasible(wanted, [{"CPU": 8.0}, {"CPU": 1.0, "GPU": 1.0, "teacher-node": 1.0}])
+
+
+def test_sync_ray_is_bitwise_local(tmp_path: Path, cluster: None) -> None:
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert distill("--config", fast_config(tmp_path), "--out", local) == 0
+    assert distill("--config", ray_config(tmp_path), "--out", remote) == 0
+    a, b = metrics(local), metrics(remote)
+    for key in ("loss", "ce", "kd", "grad_norm", "accuracy", "agreement"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    assert all(r["teacher_bytes"] > 0 for r in b)
+    workers = json.loads((remote / "workers.json").read_text())
+    assert sorted(w["label"] for w in workers) == ["rank 0", "t-gpt2"]
+    assert (remote / "export" / "model.safetensors").is_file()
+
+
+def test_async_teachers_same_results(tmp_path: Path, cluster: None) -> None:
+    sync, asyn = tmp_path / "sync", tmp_path / "async"
+    assert distill("--config", ray_config(tmp_path, steps=4), "--out", sync) == 0
+    assert distill("--config", ray_config(tmp_path, steps=4), "ray.async=true", "--out", asyn) == 0
+    assert [r["loss"] for r in metrics(sync)] == [r["loss"] for r in metrics(asyn)]
+    assert json.loads((asyn / "config.json").read_text())["ray"]["async_teachers"] is True
+
+
+def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path: Path, cluster: None) -> None:
+    """2 gloo ranks × 2 rows against 1 rank × 4 rows: the same data; per-rank means of the losses differ
+    from the global mean only by how tokens split between the ranks."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    cfg = ray_config(tmp_path, steps=4, batch_size=4)
+    assert distill("--config", cfg, "--out", one) == 0
+    assert distill("--config", cfg, "student.num_workers=2", "--out", two) == 0
+    a, b = metrics(one), metrics(two)
+    assert a[0]["loss"] == pytest.approx(b[0]["loss"], rel=2e-2)
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["ce"] == pytest.approx(ra["ce"], rel=2e-2)
+        assert rb["kd"]["t-gpt2"] == pytest.approx(ra["kd"]["t-gpt2"], rel=5e-2)
+    assert len(json.loads((two / "workers.json").read_text())) == 3
+    # resumable with another rank count: continue the 2-rank run on 1 rank
+    assert distill("--resume", two, "steps=6", "student.num_workers=1") == 0
+    assert [r["step"] for r in metrics(two)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_placement_that_cannot_fit_fails_at_once(tmp_path: Path, cluster: None,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    t0 = time.time()
+    code = main(["distill", "--config", str(ray_config(tmp_path)), "teachers.0.num_gpus=1", "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "1 GPU (the cluster has 0)" in err and len(err.splitlines()) == 1
+    assert time.time() - t0 < 60
+
+
+def _run(cfg: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "xtalign.cli.main", "distill", "--config", str(cfg), "--out",
+                             str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    end = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < end, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def test_killed_teacher_actor_stops_the_run_and_resume_matches(tmp_path: Path, cluster: None) -> None:
+    cfg = ray_config(tmp_path, steps=30, checkpoint={"every": 4, "keep_last": 2}, ray={"num_cpus": 4})
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert distill("--config", fast_config(tmp_path, steps=30, checkpoint={"every": 4, "keep_last": 2}),
+                   "--out", whole) == 0
+    proc = _run(cfg, killed)
+    try:
+        _wait_for(killed / "checkpoints" / "step-00000004" / "COMPLETE", proc)
+        teacher = next(w for w in json.loads((killed / "workers.json").read_text()) if w["kind"] == "teacher")
+        os.kill(teacher["pid"], signal.SIGKILL)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and time.time() - t0 < 30
+    line = err.strip().splitlines()[-1]
+    assert "teacher actor t-gpt2 on node" in line and f"pid {teacher['pid']}" in line and "--resume" in line
+    assert distill("--resume", killed) == 0
+    assert [r["loss"] for r in metrics(killed)] == [r["loss"] for r in metrics(whole)]
+
+
+def test_ctrl_c_leaves_a_resumable_run(tmp_path: Path, cluster: None) -> None:
+    cfg = ray_config(tmp_path, steps=30, checkpoint={"every": 4, "keep_last": 2}, ray={"num_cpus": 4})
+    out = tmp_path / "run"
+    proc = _run(cfg, out)
+    try:
+        _wait_for(out / "checkpoints" / "step-00000004" / "COMPLETE", proc)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    pids = [w["pid"] for w in json.loads((out / "workers.json").read_text())]
+    time.sleep(1)
+    assert not [p for p in pids if _alive(p)], "actors outlived the interrupted run"
+    assert distill("--resume", out) == 0
+    assert metrics(out)[-1]["step"] == 30
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").read_text().find("zombie") < 0
