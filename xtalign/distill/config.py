@@ -74,6 +74,7 @@ class StudentConfig:
     tokenizer: str | None = None
     arch: ArchConfig | None = None
     trust_remote_code: bool = False
+    init_seed: int | None = None  # random init of the student (default: the run's seed, which also orders the data)
     num_workers: int = 1  # data-parallel ranks (`backend: ray`); each gets batch_size / num_workers rows
     num_gpus: float = 0.0
     num_cpus: float = 1.0

@@ -60,6 +60,16 @@ def _threads(cfg: DistillConfig, num_cpus: float) -> int:
     return int(cfg.threads) if cfg.threads else max(1, int(num_cpus))
 
 
+def _keep_priority() -> None:
+    """Ray starts workers at nice 15, so on a busy machine a training actor gets a fraction of the CPU a
+    local run would; where the OS lets us, run at the driver's priority (nice 0)."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except OSError:
+        log.debug("cannot raise this actor's priority; it keeps Ray's nice value")
+
+
 def _device(num_gpus: float) -> str:
     return "cuda" if num_gpus > 0 else "cpu"
 
@@ -74,6 +84,7 @@ class TeacherActor:
         from xtalign.distill.config import config_from_dict
         from xtalign.distill.setup import make_teacher_worker
 
+        _keep_priority()
         cfg = config_from_dict(json.loads(cfg_json))
         t = cfg.teachers[index]
         torch.set_num_threads(_threads(cfg, t.num_cpus))
@@ -109,6 +120,7 @@ class StudentRank:
         from xtalign.distill.config import config_from_dict
         from xtalign.distill.setup import load_student
 
+        _keep_priority()
         self.cfg = config_from_dict(json.loads(cfg_json))
         s = self.cfg.student
         torch.set_num_threads(_threads(self.cfg, s.num_cpus))
@@ -294,6 +306,8 @@ def start_ray(cfg: DistillConfig) -> bool:
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if cfg.ray.address is None and cfg.ray.num_cpus is not None:
         kwargs["num_cpus"] = cfg.ray.num_cpus
+    if cfg.ray.address is None:
+        os.environ.setdefault("RAY_worker_niceness", "0")  # see _keep_priority
     ray.init(address=cfg.ray.address or "local", **kwargs)  # no address: a cluster of this run's own
     return True
 

@@ -138,8 +138,9 @@ def load_student(cfg: DistillConfig, device: Any) -> Any:
     from xtalign.distill.models import load_model
 
     s = cfg.student
+    seed = cfg.seed if s.init_seed is None else s.init_seed
     return load_model(model=s.model, tokenizer=s.tokenizer, arch=s.arch, trust_remote_code=s.trust_remote_code,
-                      seed=cfg.seed, device=str(device), dtype=torch.float32)
+                      seed=seed, device=str(device), dtype=torch.float32)
 
 
 def student_worker(cfg: DistillConfig, loaded: Any, plans: list[TeacherPlan], device: Any, autocast: Any) -> Any:
