@@ -71,6 +71,18 @@ def test_async_teachers_same_results(tmp_path: Path, cluster: None) -> None:
     assert json.loads((asyn / "config.json").read_text())["ray"]["async_teachers"] is True
 
 
+def test_teacher_replicas_split_rows(tmp_path: Path, cluster: None) -> None:
+    """Two replicas of a teacher answer two halves of each batch: the same answers up to fp32 rounding."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    cfg = ray_config(tmp_path, steps=2, batch_size=4)
+    assert distill("--config", cfg, "--out", one) == 0
+    assert distill("--config", cfg, "teachers.0.num_replicas=2", "--out", two) == 0
+    for ra, rb in zip(metrics(one), metrics(two), strict=True):
+        assert rb["kd"]["t-gpt2"] == pytest.approx(ra["kd"]["t-gpt2"], rel=1e-4)
+    labels = [w["label"] for w in json.loads((two / "workers.json").read_text())]
+    assert labels.count("t-gpt2") == 2
+
+
 def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path: Path, cluster: None) -> None:
     """2 gloo ranks × 2 rows against 1 rank × 4 rows: the same data; per-rank means of the losses differ
     from the global mean only by how tokens split between the ranks."""

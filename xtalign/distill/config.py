@@ -131,8 +131,10 @@ class TeacherConfig:
     top_k: teacher logits kept per position (with the full-vocabulary logsumexp).
     head_slice: positions per LM-head slice (peak memory = model + one [slice, V_t] block).
     cache: a teacher-cache directory to read this teacher from instead of running it.
-    num_gpus / num_cpus / resources: what its Ray actor reserves (`backend: ray`); fractions of a GPU let
-        small teachers share one; a custom resource (e.g. ``{"teacher-node": 1}``) pins it to a node.
+    num_replicas: Ray actors serving this teacher, each a copy of the model answering an equal share of
+        every batch's rows (`backend: ray`; the batch size must be a multiple).
+    num_gpus / num_cpus / resources: what each of its Ray actors reserves; fractions of a GPU let small
+        teachers share one; a custom resource (e.g. ``{"teacher-node": 1}``) pins it to a node.
     """
 
     model: str
@@ -148,12 +150,14 @@ class TeacherConfig:
     head_slice: int = 512
     projection: ProjectionSpec = field(default_factory=ProjectionSpec)
     cache: str | None = None
+    num_replicas: int = 1
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     resources: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         _check_model("teacher", self.model, self.tokenizer, self.arch)
+        _positive_int("teacher.num_replicas", self.num_replicas)
         _check_resources("teacher", self.num_gpus, self.num_cpus, self.resources)
         _positive("teacher.temperature", self.temperature)
         _positive_int("teacher.top_k", self.top_k)
@@ -313,6 +317,11 @@ class DistillConfig:
             _require(sum(t.weight for t in self.teachers) > 0, "teachers' weights are all 0; give one a weight > 0")
         if self.backend == "local":
             _require(self.student.num_workers == 1, "student.num_workers > 1 needs backend: ray")
+            _require(all(t.num_replicas == 1 for t in self.teachers), "teachers' num_replicas > 1 needs backend: ray")
+        for t in self.teachers:
+            _require(self.batch_size % t.num_replicas == 0,
+                     f"batch_size={self.batch_size} must be a multiple of teacher {t.label}'s num_replicas="
+                     f"{t.num_replicas}")
             _require(not self.ray.async_teachers, "async teachers need backend: ray")
         _require(self.batch_size % self.student.num_workers == 0,
                  f"batch_size={self.batch_size} must be a multiple of student.num_workers={self.student.num_workers} "

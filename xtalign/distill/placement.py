@@ -23,7 +23,8 @@ def _bundle(num_cpus: float, num_gpus: float, resources: dict[str, float] | None
 
 def bundles(cfg: DistillConfig) -> list[tuple[str, dict[str, float]]]:
     """(who, resources) of every actor: the teachers first, then the student ranks."""
-    out = [(f"teacher {t.label}", _bundle(t.num_cpus, t.num_gpus, t.resources)) for t in cfg.teachers]
+    out = [(f"teacher {t.label}" + (f" replica {r}" if t.num_replicas > 1 else ""),
+            _bundle(t.num_cpus, t.num_gpus, t.resources)) for t in cfg.teachers for r in range(t.num_replicas)]
     s = cfg.student
     out += [(f"student rank {r}", _bundle(s.num_cpus, s.num_gpus, s.resources)) for r in range(s.num_workers)]
     return out

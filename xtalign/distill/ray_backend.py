@@ -29,7 +29,15 @@ from xtalign.distill.batch import Batch, TeacherSide
 from xtalign.distill.config import DistillConfig
 from xtalign.distill.placement import PlacementError, bundles, check_feasible, show_bundle
 from xtalign.distill.sources import Pending, TeacherSource
-from xtalign.distill.transport import pack_topk, shard_batch, shard_rows, shard_topk, topk_nbytes, unpack_topk
+from xtalign.distill.transport import (
+    concat_topk,
+    pack_topk,
+    shard_batch,
+    shard_rows,
+    shard_topk,
+    topk_nbytes,
+    unpack_topk,
+)
 
 __all__ = ["PlacementError", "StudentGroup", "WorkerDiedError", "build_parts"]
 
@@ -208,23 +216,32 @@ def _reason(exc: Exception) -> str:
 
 
 class RayTeacherSource(TeacherSource):
-    """A `TeacherSource` whose model lives in a `TeacherActor` (cache reads and writes stay here)."""
+    """A `TeacherSource` whose model lives in `TeacherActor`s (one per replica, each answering an equal share
+    of a batch's rows); cache reads and writes stay here."""
 
-    def __init__(self, base: TeacherSource, actor: Any, actors: Actors) -> None:
+    def __init__(self, base: TeacherSource, actors: list[Any], registry: Actors) -> None:
         super().__init__(base.label, base.index, lambda: None, reader=base.reader, writer=base.writer)
         self.cache_path = base.cache_path
-        self.actor, self.actors = actor, actors
+        self.replicas, self.registry = actors, registry
+
+    @property
+    def actor(self) -> Any:
+        return self.replicas[0]
 
     @property
     def loaded(self) -> bool:
         return self.forwards > 0
 
     def _compute(self, batch: Batch, side: TeacherSide) -> Pending:
-        ref = self.actor.forward.remote(side.ids, side.lengths, side.targets)
+        n = len(self.replicas)
+        parts = [shard_rows(side.ids.shape[0], r, n) for r in range(n)]
+        refs = [a.forward.remote(side.ids[p], side.lengths[p], side.targets[p]) for a, p in zip(self.replicas, parts,
+                                                                                                strict=True)]
         sent = side.ids.nbytes + side.lengths.nbytes + side.targets.nbytes  # token ids out, top-k back
 
         def resolve() -> Any:
-            out = unpack_topk(self.actors.get(ref, self.actor))
+            outs = [unpack_topk(x) for x in self.registry.get(refs, self.replicas)]
+            out = concat_topk(outs)
             pending.nbytes = sent + topk_nbytes(out)
             return self._store(batch, side, out)
 
@@ -233,7 +250,7 @@ class RayTeacherSource(TeacherSource):
 
     def likelihood(self, side: TeacherSide) -> Any:
         ref = self.actor.likelihood.remote(side.ids, side.lengths, side.targets)
-        return unpack_topk(self.actors.get(ref, self.actor))
+        return unpack_topk(self.registry.get(ref, self.actor))
 
 
 class StudentGroup:
@@ -378,12 +395,16 @@ class RayRun:
 
 def _teacher_sources(cfg: DistillConfig, run: RayRun, bases: list[TeacherSource], rows: list[int],
                      cfg_json: str) -> list[RayTeacherSource]:
-    actors = [run.spawn(TeacherActor, i, cfg_json, i, rows[i]) for i in range(len(cfg.teachers))]
-    return [RayTeacherSource(b, a, run.actors) for b, a in zip(bases, actors, strict=True)]
+    out, slot = [], 0
+    for i, (t, base) in enumerate(zip(cfg.teachers, bases, strict=True)):
+        replicas = [run.spawn(TeacherActor, slot + r, cfg_json, i, rows[i]) for r in range(t.num_replicas)]
+        slot += t.num_replicas
+        out.append(RayTeacherSource(base, replicas, run.actors))
+    return out
 
 
 def _student_group(cfg: DistillConfig, run: RayRun, cfg_json: str) -> StudentGroup:
-    n, first = cfg.student.num_workers, len(cfg.teachers)
+    n, first = cfg.student.num_workers, sum(t.num_replicas for t in cfg.teachers)
     ranks = [run.spawn(StudentRank, first + r, cfg_json, r, n) for r in range(n)]
     return StudentGroup(ranks, run.actors)
 
@@ -399,7 +420,7 @@ def build_parts(cfg: DistillConfig, run_dir: Path | None = None) -> Any:
         rows = [setup.teacher_rows(t, tok) for t, tok in zip(cfg.teachers, tp.teacher_toks, strict=True)]
         sources = _teacher_sources(cfg, run, tp.sources, rows, cfg_json)
         group = _student_group(cfg, run, cfg_json)
-        run.locate([s.actor for s in sources] + group.ranks)
+        run.locate([a for s in sources for a in s.replicas] + group.ranks)
         info = run.actors.get(group.ranks[0].info.remote(), group.ranks[0])
         if info["tokenizer"] != tp.student_tok.vocab.fingerprint:
             raise ConfigError(f"student model {cfg.student.model} does not come with tokenizer {tp.student_tok.name}; "

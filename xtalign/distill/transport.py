@@ -17,7 +17,7 @@ import torch
 from xtalign.distill.batch import Batch, TeacherSide
 from xtalign.losses import TeacherTopK
 
-__all__ = ["pack_topk", "packed_nbytes", "shard_batch", "shard_topk", "unpack_topk"]
+__all__ = ["concat_topk", "pack_topk", "packed_nbytes", "shard_batch", "shard_topk", "unpack_topk"]
 
 
 def pack_topk(out: TeacherTopK) -> dict[str, Any]:
@@ -82,3 +82,14 @@ def shard_topk(out: TeacherTopK, rows: slice) -> TeacherTopK:
     return TeacherTopK(logits=out.logits[rows].contiguous(), ids=out.ids[rows].contiguous(),
                        logsumexp=out.logsumexp[rows].contiguous(), vocab_size=out.vocab_size,
                        temperature=out.temperature, target_logprob=tl)
+
+
+def concat_topk(parts: list[TeacherTopK]) -> TeacherTopK:
+    """Replicas' answers for consecutive row shards → one answer for the whole batch (rows in order)."""
+    if len(parts) == 1:
+        return parts[0]
+    tl = parts[0].target_logprob
+    return TeacherTopK(logits=torch.cat([p.logits for p in parts]), ids=torch.cat([p.ids for p in parts]),
+                       logsumexp=torch.cat([p.logsumexp for p in parts]), vocab_size=parts[0].vocab_size,
+                       temperature=parts[0].temperature,
+                       target_logprob=None if tl is None else torch.cat([p.target_logprob for p in parts]))

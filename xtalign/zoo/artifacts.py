@@ -75,6 +75,13 @@ ARTIFACTS: dict[str, Artifact] = {a.key: a for a in [
              sha256="d3f0594810a4a7e91569f177003ec22294c3eabc91c5f8d0ff3511702d4b67c1"),
     Artifact(key="sentencepiece-src", spec="sentencepiece==0.2.3", filename="sentencepiece-0.2.3.tar.gz",
              sha256="21618ad31f0453a1ebf5ec58defed99758d54af0b670546ecac639ddd8b86fbd", sdist=True),
+    # documentation text for the pinned corpus (analysis/corpus.py)
+    Artifact(key="docutils-src", spec="docutils==0.21.2", filename="docutils-0.21.2.tar.gz",
+             sha256="3a6b18732edf182daa3cd12775bbb338cf5691468f91eeeb109deff6ebfa986f", sdist=True),
+    Artifact(key="sphinx-src", spec="sphinx==8.1.3", filename="sphinx-8.1.3.tar.gz",
+             sha256="43c1911eecb0d3e161ad78611bc905d1ad0e523e4ddc202a58a821773dc4c927", sdist=True),
+    Artifact(key="pytest-src", spec="pytest==8.3.4", filename="pytest-8.3.4.tar.gz",
+             sha256="965370d062bce11e73868e0335abac31b4d3de0e82f4007408d242b4f8610761", sdist=True),
 ]}
 
 
