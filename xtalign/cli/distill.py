@@ -14,11 +14,13 @@ from typing import Any
 
 EXAMPLE = """example:
   xtalign distill --config distill/configs/tiny-cpu.yaml --out out/runs/tiny
-      # random-init tiny student (gpt2 tokenizer) <- tiny teacher (mistral-v1 tokenizer), P-KL, ~1 min on 2 CPUs
+      # random-init tiny student (mistral-v1 tokenizer) <- tiny teacher (gpt2 tokenizer), P-KL, ~20 s on 2 CPUs
   xtalign distill --config distill/configs/tiny-cpu.yaml steps=60 teachers.0.loss=h-kl --out out/runs/tiny-hkl
   xtalign distill --resume out/runs/tiny steps=80          # continue from the newest complete checkpoint
   xtalign distill --config distill/configs/gemma3-teacher-cpu.yaml --cache-teachers out/cache --out out/runs/g3
       # the real Gemma-3-270M teacher; its top-k outputs go to out/cache and serve later runs
+  xtalign distill --config distill/configs/tiny-cpu.yaml backend=ray ray.async=true student.num_workers=2 \
+      --out out/runs/tiny-ray     # teachers as Ray actors one batch ahead, two DDP student ranks
 """
 
 

@@ -92,14 +92,9 @@ def model_names() -> list[str]:
 
 
 def _suggest(name: str, limit: int = 3) -> list[str]:
-    from rapidfuzz import fuzz, process, utils
+    from xtalign.zoo.registry import closest_names
 
-    hits = process.extract(name, list(_ALIASES), scorer=fuzz.WRatio, processor=utils.default_process, limit=limit * 3)
-    out: list[str] = []
-    for alias, _score, _ in hits:
-        if _ALIASES[alias] not in out:
-            out.append(_ALIASES[alias])
-    return out[:limit]
+    return closest_names(name, _ALIASES, limit)
 
 
 # --- zoo files ---------------------------------------------------------------------------------

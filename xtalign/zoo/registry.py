@@ -151,16 +151,21 @@ def canonical_name(name: str) -> str | None:
     return ALIASES.get(name.lower())
 
 
-def suggest(name: str, limit: int = 3) -> list[str]:
-    """Closest zoo names (rapidfuzz), for error messages."""
+def closest_names(name: str, aliases: dict[str, str], limit: int = 3) -> list[str]:
+    """The canonical names whose aliases are closest to `name` (rapidfuzz), for error messages."""
     from rapidfuzz import fuzz, process, utils
 
-    hits = process.extract(name, list(ALIASES), scorer=fuzz.WRatio, processor=utils.default_process, limit=limit * 3)
+    hits = process.extract(name, list(aliases), scorer=fuzz.WRatio, processor=utils.default_process, limit=limit * 3)
     out: list[str] = []
     for alias, _score, _ in hits:
-        if ALIASES[alias] not in out:
-            out.append(ALIASES[alias])
+        if aliases[alias] not in out:
+            out.append(aliases[alias])
     return out[:limit]
+
+
+def suggest(name: str, limit: int = 3) -> list[str]:
+    """Closest zoo tokenizer names, for error messages."""
+    return closest_names(name, ALIASES, limit)
 
 
 @functools.lru_cache(maxsize=32)
