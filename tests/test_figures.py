@@ -1,0 +1,150 @@
+"""The figure scripts (figures/*.py) and the top-k fidelity study run on tiny inputs and write small PNGs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _load(rel: str) -> ModuleType:
+    name = "fig_" + Path(rel).stem
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _is_small_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG and path.stat().st_size < 200_000
+
+
+# --- overlap: clustered zoo matrix ------------------------------------------------------------------------
+
+
+def _overlap_json(names: list[str], matrix: list[list[float]]) -> dict:
+    return {"tokenizers": names, "sizes": [32_000 + 1000 * i for i in range(len(names))], "matrix": matrix}
+
+
+def test_cluster_order_puts_families_together() -> None:
+    mod = _load("figures/overlap_figure.py")
+    m = [[1.0, 0.1, 0.9, 0.2], [0.1, 1.0, 0.15, 0.8], [0.9, 0.15, 1.0, 0.1], [0.2, 0.8, 0.1, 1.0]]
+    order, link = mod.cluster_order(m)
+    assert sorted(order) == [0, 1, 2, 3] and link.shape == (3, 4)
+    pos = {t: i for i, t in enumerate(order)}
+    assert abs(pos[0] - pos[2]) == 1 and abs(pos[1] - pos[3]) == 1  # {0, 2} and {1, 3} are families
+
+
+def test_overlap_figure_writes_all_three_pngs(tmp_path: Path) -> None:
+    mod = _load("figures/overlap_figure.py")
+    guide = tmp_path / "guide.json"
+    guide.write_text(json.dumps(_overlap_json(["a", "b"], [[1.0, 0.4], [0.4, 1.0]])))
+    zoo = tmp_path / "zoo.json"
+    m = [[1.0, 0.2, 0.7], [0.2, 1.0, 0.3], [0.7, 0.3, 1.0]]
+    zoo.write_text(json.dumps(_overlap_json(["x", "y", "z"], m)))
+    out = tmp_path / "figs"
+    assert mod.main(["--from", str(guide), "--zoo-from", str(zoo), "--out-dir", str(out)]) == 0
+    for name in ("overlap_guide.png", "overlap_zoo.png", "overlap_zoo_clustered.png"):
+        assert _is_small_png(out / name), name
+
+
+# --- projection rows ----------------------------------------------------------------------------------------
+
+
+def test_projection_rows_cells_mark_the_cut_and_plot(tmp_path: Path) -> None:
+    mod = _load("figures/projection_rows.py")
+    pieces = [" π", "ε", "ρ", "ι", "ο", "χ", "ή"]
+    weights = [0.9001, 0.09, 0.009, 0.0009]
+    greek = {"word": " περιοχή", "student_id": 9, "source": "decomposed",
+             "entries": [{"id": 10 + i, "text": pieces[i], "weight": w} for i, w in enumerate(weights)],
+             "teacher_pieces": [{"id": 10 + i, "text": c} for i, c in enumerate(pieces)]}
+    exact = {"word": " the", "student_id": 1, "source": "exact", "entries": [{"id": 5, "text": " the", "weight": 1.0}],
+             "teacher_pieces": [{"id": 5, "text": " the"}]}
+    cells = mod._cells(greek, 4)
+    assert [w for _, w in cells] == [0.9001, 0.09, 0.009, 0.0009, None, None, None]
+    assert mod._cells(exact, 4) == [(" the", 1.0)]
+    data = {"student": "s", "teacher": "t", "projection": "test", "top_k": 4, "max_pieces": 4, "rows": [exact, greek]}
+    src = tmp_path / "rows.json"
+    src.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    assert mod.main(["--from", str(src), "--out", str(tmp_path / "rows.png")]) == 0
+    assert _is_small_png(tmp_path / "rows.png")
+
+
+def test_projection_rows_from_the_real_llama3_qwen3_projection() -> None:
+    mod = _load("figures/projection_rows.py")
+    data = mod.compute("llama3", "qwen3", [" the", "201", " περιοχή"])
+    the, num, greek = data["rows"]
+    assert the["source"] == "exact" and [e["weight"] for e in the["entries"]] == [1.0]
+    assert [e["text"] for e in num["entries"]] == ["2", "0", "1"]
+    assert [e["weight"] for e in num["entries"]] == [0.9009, 0.0901, 0.009]
+    assert len(greek["teacher_pieces"]) == 7 and len(greek["entries"]) == 4  # cut after 4 of 7 pieces
+    with pytest.raises(SystemExit, match="not one"):
+        mod.compute("llama3", "qwen3", [" περιοχή περιοχή"])
+
+
+# --- training curves ------------------------------------------------------------------------------------------
+
+
+def test_training_curves_series_ema_and_png(tmp_path: Path) -> None:
+    mod = _load("figures/training_curves.py")
+    assert mod.ema([1.0, 3.0], 0.5) == [1.0, pytest.approx(7 / 3)]  # (0.25 + 1.5) / 0.75
+    assert mod.ema([2.0, 4.0, 6.0], 0.0) == [2.0, 4.0, 6.0]
+    rows = [{"step": s, "loss": 10.0 - s, "ce": 5.0 - s / 2, "accuracy": 0.01 * s,
+             "kd": {"gemma": 3.0 - 0.1 * s, "smol": 2.0 - 0.1 * s}} for s in range(1, 6)]
+    curves = mod.series(rows)
+    assert sorted(curves) == ["accuracy", "ce", "kd:gemma", "kd:smol", "loss"]
+    assert curves["kd:smol"] == ([1, 2, 3, 4, 5], [pytest.approx(2.0 - 0.1 * s) for s in range(1, 6)])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert mod.main(["--run", str(run), "--run", str(run / "metrics.jsonl"), "--out", str(tmp_path / "c.png")]) == 0
+    assert _is_small_png(tmp_path / "c.png")
+    with pytest.raises(SystemExit, match="does not exist"):
+        mod.read_metrics(tmp_path / "nothing")
+
+
+# --- top-k fidelity ---------------------------------------------------------------------------------------------
+
+
+def _tiny_inputs(mod: ModuleType) -> object:
+    g = torch.Generator().manual_seed(0)
+    v_s, v_t = 40, 50
+    dense = torch.zeros(v_s, v_t)
+    for s in range(v_s):
+        cols = torch.randperm(v_t, generator=g)[:2]
+        dense[s, cols[0]] = 0.9 if s % 2 else 1.0
+        if s % 2:
+            dense[s, cols[1]] = 0.1
+    sc = torch.tensor([[0, 0, 1, 2, 3, 4, -1], [0, 1, 1, 2, 3, -1, -1]])
+    tc = torch.tensor([[0, 1, 2, 3, 4, -1], [0, 0, 1, 2, 3, -1]])
+    return mod.Inputs(torch.randn(2, 6, v_t, generator=g) * 3, torch.randn(2, 7, v_s, generator=g), sc, tc,
+                      mod.SparseProjection.from_dense(dense))
+
+
+def test_topk_fidelity_is_exact_at_full_k_and_degrades_below(tmp_path: Path) -> None:
+    mod = _load("analysis/topk_fidelity.py")
+    rows = mod.study(_tiny_inputs(mod), (4, 16, 50))
+    masses = [r["mass_kept"] for r in rows]
+    assert masses[0] < masses[1] < masses[2] == pytest.approx(1.0)
+    for name in mod.LOSSES:
+        assert rows[2][name]["rel_error"] == pytest.approx(0.0, abs=1e-6)  # k = V_t is the reference
+        assert rows[2][name]["grad_cosine"] == pytest.approx(1.0, abs=1e-6)
+        assert abs(rows[0][name]["rel_error"]) > 1e-3 and rows[0][name]["grad_cosine"] < 0.999
+    result = {"setup": {"teacher_vocab": 50, "rows": 2, "teacher_tokens": 12, "student_tokens": 14, "chunks": 9,
+                        "corpus_sha256": "0" * 64}, "rows": rows}
+    mod.write_outputs(result, tmp_path / "r.json", tmp_path / "t.md", tmp_path / "f.png")
+    table = (tmp_path / "t.md").read_text()
+    assert table.count("\n| ") == 4 and "| 50 | 304 | 1.0000 | 50 | +0.00 % | 1.0000 |" in table
+    assert rows[0]["union_columns"] <= 4 * 9  # 9 loss positions of 4 ids
+    assert _is_small_png(tmp_path / "f.png")
+    assert json.loads((tmp_path / "r.json").read_text())["rows"][0]["k"] == 4
