@@ -87,7 +87,8 @@ def test_loss_falls_on_repetitive_text(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("loss, extra", [
-    ("p-kl", {"aggregation": "chain"}), ("h-kl", {}), ("gold", {}), ("uld", {}), ("auto", {}),
+    ("p-kl", {"aggregation": "chain"}), ("p-kl", {"subset": "per_chunk"}), ("h-kl", {}), ("gold", {}), ("uld", {}),
+    ("auto", {}),
 ])
 def test_every_cross_tokenizer_loss_runs(tmp_path: Path, loss: str, extra: dict) -> None:
     teacher = {"name": "t", "model": "random", "tokenizer": "gpt2", "arch": TINY_ARCH, "loss": loss, "top_k": 16,

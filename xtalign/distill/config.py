@@ -128,6 +128,8 @@ class TeacherConfig:
 
     loss: `p-kl`, `h-kl`, `gold`, `uld`, `same-vocab` (teacher shares the student's tokenizer: per-position
         top-k KL, no projection, no alignment) or `auto` (`xtalign audit`'s recommendation, recorded).
+    subset / subset_cap: P-KL's teacher columns: one list per batch of at most `subset_cap` ids (NeMo's
+        8,192), or each chunk's own top-k union (`per_chunk`, never capped).
     top_k: teacher logits kept per position (with the full-vocabulary logsumexp).
     head_slice: positions per LM-head slice (peak memory = model + one [slice, V_t] block).
     cache: a teacher-cache directory to read this teacher from instead of running it.
@@ -145,6 +147,8 @@ class TeacherConfig:
     weight: float = 1.0
     loss: LossName = "auto"
     aggregation: Literal["nemo", "chain"] = "nemo"
+    subset: Literal["per_batch", "per_chunk"] = "per_batch"
+    subset_cap: int = 8192
     temperature: float = 1.0
     top_k: int = 64
     head_slice: int = 512

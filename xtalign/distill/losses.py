@@ -37,6 +37,8 @@ class TeacherPlan:
     temperature: float
     aggregation: str
     teacher_rows: int
+    subset: str = "per_batch"
+    subset_cap: int = 8192
     weight: float
     indices: np.ndarray | None = None
     weights: np.ndarray | None = None
@@ -87,7 +89,8 @@ def build_loss(plan: TeacherPlan, device: torch.device) -> tuple[Any, Any]:
                          weights=torch.as_tensor(plan.weights, device=device), teacher_vocab_size=plan.teacher_rows)
     if plan.loss == "p-kl":
         learn = LearnableProjection(w).to(device) if plan.learnable else None
-        cfg = PKLConfig(temperature=t, aggregation=plan.aggregation)  # type: ignore[arg-type]
+        cfg = PKLConfig(temperature=t, aggregation=plan.aggregation,  # type: ignore[arg-type]
+                        subset=plan.subset, **({"subset_cap": plan.subset_cap} if plan.subset == "per_batch" else {}))
         return cfg.build(learn if learn is not None else w).to(device), learn
     variant = "hkl" if plan.loss == "h-kl" else "gold"
     return GoldConfig(variant=variant, temperature=t).build(w).to(device), None

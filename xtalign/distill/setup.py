@@ -74,7 +74,8 @@ def plan_teacher(t: TeacherConfig, choice: LossChoice, student_rows: int, s_tok:
           ) -> tuple[TeacherPlan, ProjectionMeta, Any]:
     rows = teacher_rows(t, t_tok)
     base = dict(label=t.label, loss=choice.loss, temperature=t.temperature, aggregation=t.aggregation,
-                teacher_rows=rows, weight=t.weight, learnable=t.projection.learnable, projection_lr=t.projection.lr)
+                teacher_rows=rows, weight=t.weight, learnable=t.projection.learnable, projection_lr=t.projection.lr,
+                subset=t.subset, subset_cap=t.subset_cap)
     if choice.loss in ("same-vocab", "uld"):
         return TeacherPlan(**base), ProjectionMeta(None, {}), None
     proj, where = resolve_projection(t.projection, s_tok, t_tok)
