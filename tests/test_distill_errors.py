@@ -132,3 +132,13 @@ def _dry(capsys: pytest.CaptureFixture[str], path: Path) -> str:
     capsys.readouterr()
     assert main(["distill", "--config", str(path), "--dry-run"]) == 0
     return capsys.readouterr().out
+
+
+def test_ray_only_settings_refused_on_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = fast_config(tmp_path)
+    for override, needle in (("ray.async=true", "async teachers need backend: ray"),
+                             ("student.num_workers=2", "num_workers > 1 needs backend: ray"),
+                             ("teachers.0.num_replicas=2", "num_replicas > 1 needs backend: ray")):
+        one_line_error(capsys, ["distill", "--config", str(cfg), override, "--out", str(tmp_path / "o")], needle)
+    capsys.readouterr()
+    assert main(["distill", "--config", str(cfg), "backend=ray", "ray.async=true", "--dry-run"]) == 0

@@ -322,11 +322,11 @@ class DistillConfig:
         if self.backend == "local":
             _require(self.student.num_workers == 1, "student.num_workers > 1 needs backend: ray")
             _require(all(t.num_replicas == 1 for t in self.teachers), "teachers' num_replicas > 1 needs backend: ray")
+            _require(not self.ray.async_teachers, "async teachers need backend: ray")
         for t in self.teachers:
             _require(self.batch_size % t.num_replicas == 0,
                      f"batch_size={self.batch_size} must be a multiple of teacher {t.label}'s num_replicas="
                      f"{t.num_replicas}")
-            _require(not self.ray.async_teachers, "async teachers need backend: ray")
         _require(self.batch_size % self.student.num_workers == 0,
                  f"batch_size={self.batch_size} must be a multiple of student.num_workers={self.student.num_workers} "
                  "(each rank gets an equal share of every batch)")
