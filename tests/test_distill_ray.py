@@ -101,6 +101,24 @@ def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path: Path, clust
     assert [r["step"] for r in metrics(two)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_fsdp_ranks_match_ddp_and_resume_unsharded(tmp_path: Path, cluster: None) -> None:
+    """FSDP2 over 2 gloo ranks: the same step as DDP's (up to reduction order); its rank-0 checkpoint holds
+    the full model, so it resumes on 1 rank, and the export is a whole model."""
+    from transformers import AutoModelForCausalLM
+
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    cfg = ray_config(tmp_path, steps=3, batch_size=4, checkpoint={"every": 2, "keep_last": 2})
+    assert distill("--config", cfg, "student.num_workers=2", "--out", ddp) == 0
+    assert distill("--config", cfg, "student.num_workers=2", "student.sharding=fsdp", "--out", fsdp) == 0
+    for ra, rb in zip(metrics(ddp), metrics(fsdp), strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
+        assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-3)
+    model = AutoModelForCausalLM.from_pretrained(fsdp / "export")
+    assert model.get_input_embeddings().num_embeddings == 32000
+    assert distill("--resume", fsdp, "steps=4", "student.num_workers=1", "student.sharding=ddp") == 0
+    assert [r["step"] for r in metrics(fsdp)] == [1, 2, 3, 4]
+
+
 def test_placement_that_cannot_fit_fails_at_once(tmp_path: Path, cluster: None,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()

@@ -76,6 +76,7 @@ class StudentConfig:
     trust_remote_code: bool = False
     init_seed: int | None = None  # random init of the student (default: the run's seed, which also orders the data)
     num_workers: int = 1  # data-parallel ranks (`backend: ray`); each gets batch_size / num_workers rows
+    sharding: Literal["ddp", "fsdp"] = "ddp"  # ranks replicate the model (DDP) or shard it (FSDP2)
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     resources: dict[str, float] | None = None
@@ -83,6 +84,7 @@ class StudentConfig:
     def __post_init__(self) -> None:
         _check_model("student", self.model, self.tokenizer, self.arch)
         _positive_int("student.num_workers", self.num_workers)
+        _require(self.sharding == "ddp" or self.num_workers > 1, "student.sharding=fsdp needs num_workers > 1")
         _check_resources("student", self.num_gpus, self.num_cpus, self.resources)
 
 
@@ -330,6 +332,8 @@ class DistillConfig:
         _require(self.batch_size % self.student.num_workers == 0,
                  f"batch_size={self.batch_size} must be a multiple of student.num_workers={self.student.num_workers} "
                  "(each rank gets an equal share of every batch)")
+        _require(self.student.sharding == "ddp" or not any(t.projection.learnable for t in self.teachers),
+                 "a learnable projection needs student.sharding=ddp (its parameters are not sharded)")
         labels = [t.label for t in self.teachers]
         _require(len(set(labels)) == len(labels),
                  f"teachers need distinct names (got {labels}); set teachers.N.name")

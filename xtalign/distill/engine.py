@@ -287,7 +287,8 @@ def _clear_previous_run(run_dir: Path) -> None:
 
 
 SAFE_OVERRIDES = ("steps", "eval.", "checkpoint.", "data.workers", "data.prefetch", "threads", "backend", "ray.",
-                  "student.num_workers", "student.num_gpus", "student.num_cpus", "student.resources")
+                  "student.num_workers", "student.sharding", "student.num_gpus", "student.num_cpus",
+                  "student.resources")
 
 
 def check_resume_overrides(overrides: list[str]) -> None:
@@ -296,7 +297,7 @@ def check_resume_overrides(overrides: list[str]) -> None:
         if not any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_OVERRIDES):
             raise ConfigError(f"--resume keeps the saved config; {key!r} cannot change mid-run (allowed: steps, "
                               "eval.*, checkpoint.*, data.workers, data.prefetch, threads, backend, ray.*, and the "
-                              "student's num_workers, num_gpus, num_cpus, resources)")
+                              "student's num_workers, sharding, num_gpus, num_cpus, resources)")
 
 
 def resume(run_dir: Path, overrides: list[str], *, on_step: StepCallback | None = None) -> dict[str, Any]:

@@ -108,7 +108,8 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old)
 
 
-def export_hf(model: Any, tokenizer: Tokenizer, out_dir: Path, *, overwrite: bool = False) -> Path:
+def export_hf(model: Any, tokenizer: Tokenizer, out_dir: Path, *, overwrite: bool = False,
+              state_dict: dict[str, Any] | None = None) -> Path:
     """Write `model` (an HF CausalLM or a `LoadedModel`) and `tokenizer` to `out_dir` as an HF folder."""
     from xtalign.distill.models import LoadedModel
 
@@ -121,7 +122,7 @@ def export_hf(model: Any, tokenizer: Tokenizer, out_dir: Path, *, overwrite: boo
         from xtalign.distill.models import quiet_transformers
 
         quiet_transformers()
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), **({} if state_dict is None else {"state_dict": state_dict}))
         if not (tmp / "model.safetensors").is_file():
             raise ExportError(f"save_pretrained wrote no single model.safetensors in {tmp}; got "
                               f"{sorted(p.name for p in tmp.iterdir())}")

@@ -274,17 +274,18 @@ class StudentGroup:
         return merge_rank_stats(self._all(refs))
 
     def token_nll(self, batch: Batch) -> np.ndarray:
-        return self.actors.get(self.ranks[0].token_nll.remote(batch), self.ranks[0])
+        """Every rank scores the whole batch (FSDP2 needs them all for a forward); rank 0's answer."""
+        return self._all([r.token_nll.remote(batch) for r in self.ranks])[0]
 
     def save_checkpoint(self, run_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> str:
-        ref = self.ranks[0].save_checkpoint.remote(str(run_dir), step, state, keep_last)
-        return self.actors.get(ref, self.ranks[0])
+        refs = [r.save_checkpoint.remote(str(run_dir), step, state, keep_last) for r in self.ranks]
+        return self._all(refs)[0]
 
     def restore(self, path: Path) -> dict[str, Any]:
         return self._all([r.restore.remote(str(path)) for r in self.ranks])[0]
 
     def export_model(self, out_dir: Path) -> str:
-        return self.actors.get(self.ranks[0].export_model.remote(str(out_dir)), self.ranks[0])
+        return self._all([r.export_model.remote(str(out_dir)) for r in self.ranks])[0]
 
     def projections(self) -> list[Any]:
         return self.actors.get(self.ranks[0].projections.remote(), self.ranks[0])

@@ -149,7 +149,7 @@ def student_worker(cfg: DistillConfig, loaded: Any, plans: list[TeacherPlan], de
 
     return StudentWorker(loaded.model, plans=plans, optim=cfg.optim, schedule=cfg.schedule, combine=cfg.combine,
                          total_steps=cfg.steps, device=str(device), autocast_dtype=autocast,
-                         tokenizer=loaded.tokenizer)
+                         tokenizer=loaded.tokenizer, sharding=cfg.student.sharding)
 
 
 @dataclass(eq=False)

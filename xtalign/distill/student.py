@@ -66,14 +66,18 @@ class StudentWorker:
 
     def __init__(self, model: nn.Module, *, plans: Sequence[TeacherPlan], optim: OptimConfig,
                  schedule: ScheduleConfig, combine: CombineConfig, total_steps: int, device: str = "cpu",
-                 autocast_dtype: torch.dtype | None = None, tokenizer: Any = None) -> None:
+                 autocast_dtype: torch.dtype | None = None, tokenizer: Any = None, sharding: str = "ddp") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.model.train()
         self.tokenizer = tokenizer
         self.world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        self.rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.fsdp = self.world > 1 and sharding == "fsdp"
         self.forward_model: nn.Module = self.model
-        if self.world > 1:  # data-parallel: DDP averages the model's gradients across ranks
+        if self.fsdp:  # FSDP2: every decoder layer and the rest are sharded across ranks, in place
+            _fully_shard(self.model)
+        elif self.world > 1:  # data-parallel: DDP averages the model's gradients across ranks
             from torch.nn.parallel import DistributedDataParallel
 
             self.forward_model = DistributedDataParallel(self.model, broadcast_buffers=False)
@@ -111,7 +115,7 @@ class StudentWorker:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _logits(self, m: _Micro, *, train: bool = True) -> Tensor:
-        model = self.forward_model if train else self.model  # eval runs on one rank: no DDP collectives
+        model = self.forward_model if train else self.model  # DDP's wrapper only where gradients sync
         with self._autocast():
             out = model(input_ids=m.ids, attention_mask=m.mask)
         return out.logits.float()  # [B, Ts, V_s]
@@ -169,7 +173,8 @@ class StudentWorker:
         per = []
         for i, (b, t) in enumerate(micro):
             last = i == len(micro) - 1
-            sync = contextlib.nullcontext() if last or self.world == 1 else self.forward_model.no_sync()
+            plain = last or self.world == 1 or self.fsdp  # FSDP2 reduce-scatters every backward
+            sync = contextlib.nullcontext() if plain else self.forward_model.no_sync()
             with sync:
                 per.append(self._micro_step(b, t, 1.0 / len(micro)))
         if self.world > 1:  # a learnable W sits outside DDP: average its gradients by hand
@@ -240,12 +245,32 @@ class StudentWorker:
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    def _full_state(self) -> tuple[dict[str, Tensor], Any]:
+        """Model and optimiser state as one rank would hold them (gathered from every rank under FSDP2;
+        all ranks must call this together)."""
+        if not self.fsdp:
+            return self.model.state_dict(), self.optimizer
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model = get_model_state_dict(self.model, options=opts)
+        optim = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        return model, _Holder(optim)
+
     def save_checkpoint(self, run_dir: str | Path, step: int, state: dict[str, Any], keep_last: int) -> str:
-        """Model, optimiser, scheduler, RNG and learnable W, with the loop's `state` (cursor, counts)."""
+        """Model, optimiser, scheduler, RNG and learnable W, with the loop's `state` (cursor, counts); rank 0
+        writes (every rank must call this: FSDP2 gathers the shards)."""
         from xtalign.distill.checkpoint import save_checkpoint
 
+        model, optimizer = self._full_state()
+        if self.rank != 0:
+            return ""
         tensors = {"rng.torch": torch.get_rng_state(), **self.extra_tensors()}
-        path = save_checkpoint(Path(run_dir), step, model=self.model.state_dict(), optimizer=self.optimizer,
+        path = save_checkpoint(Path(run_dir), step, model=model, optimizer=optimizer,
                                scheduler=self.scheduler, tensors=tensors, state=state, keep_last=keep_last)
         return str(path)
 
@@ -254,18 +279,53 @@ class StudentWorker:
         from xtalign.distill.checkpoint import load_checkpoint
 
         ck = load_checkpoint(Path(path))
-        self.model.load_state_dict(ck.model)
-        self.optimizer.load_state_dict(ck.optimizer_state)
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, ck.model, options=opts)
+            set_optimizer_state_dict(self.model, self.optimizer, ck.optimizer_state, options=opts)
+        else:
+            self.model.load_state_dict(ck.model)
+            self.optimizer.load_state_dict(ck.optimizer_state)
         self.scheduler.load_state_dict(ck.scheduler_state)
         self.load_extra_tensors(ck.tensors)
         torch.set_rng_state(ck.tensors["rng.torch"])
         return ck.state
 
     def export_model(self, out_dir: str | Path) -> str:
-        """The student as a Hugging Face folder (with tokenizer.json where the tokenizer can be one)."""
+        """The student as a Hugging Face folder (with tokenizer.json where the tokenizer can be one); rank 0
+        writes (every rank must call this: FSDP2 gathers the shards)."""
         from xtalign.distill.export import export_hf
 
-        return str(export_hf(self.model, self.tokenizer, Path(out_dir), overwrite=True))
+        state = self._full_state()[0] if self.fsdp else None
+        if self.rank != 0:
+            return ""
+        return str(export_hf(self.model, self.tokenizer, Path(out_dir), overwrite=True, state_dict=state))
+
+
+class _Holder:
+    """Something with `.state_dict()` for `save_checkpoint`, holding an already gathered optimiser state."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+
+def _fully_shard(model: nn.Module) -> None:
+    """FSDP2 over a Hugging Face causal LM: each decoder layer is its own unit, the rest the root's."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = [m for name, m in model.named_modules() if name.endswith("layers") and isinstance(m, nn.ModuleList)]
+    for layer in (layers[0] if layers else []):
+        fully_shard(layer)
+    fully_shard(model)
 
 
 def _teacher_agreement(top: Tensor, side: Any, out: TeacherTopK, plan: TeacherPlan) -> tuple[int, int]:
