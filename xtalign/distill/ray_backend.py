@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import socket
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -452,7 +452,3 @@ def _write_workers(run_dir: Path, run: RayRun) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = [asdict(w) for w in run.actors.where.values()]
     write_atomic(run_dir / "workers.json", json.dumps(rows, indent=2) + "\n")
-
-
-def with_rank_count(cfg: DistillConfig, n: int) -> DistillConfig:
-    return replace(cfg, student=replace(cfg.student, num_workers=n))

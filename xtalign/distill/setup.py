@@ -3,7 +3,6 @@ checking every cross-part fact before the first step, and exporting the result a
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -242,7 +241,3 @@ def _save_learned(base: Any, current: tuple[Any, Any], path: Path) -> None:
     save_projection(replace(base, indices=idx.astype(np.int32), weights=w.astype(np.float32),
                             config={**base.config, "learned": True}, stats=stats), path)
     log.info("wrote learned projection %s", path)
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
