@@ -1,8 +1,9 @@
-"""The distillation loop (`backend: local`): data → teachers → student, with metrics, eval, checkpoints.
+"""The distillation loop: data → teachers → student, with metrics, eval, checkpoints, export.
 
-The loop talks to its workers through a small interface only — `TeacherSource.outputs(batch)` and the
-`StudentWorker`'s `train_step` / `token_nll` / state methods — so another backend can put the same
-workers elsewhere. `Session` builds everything from a config; `run` drives it.
+The loop talks to its workers through a small interface only — `TeacherSource.submit(batch).result()` and
+the student's `train_step` / `token_nll` / `save_checkpoint` / `restore` / `export_model` — so the Ray
+backend puts the same workers in actors without a second loop. `Session` builds everything from a config;
+`run` and `resume` drive it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 from xtalign.config import ConfigError, to_dict
 from xtalign.distill.config import DistillConfig
-from xtalign.distill.plan import LossChoice
 
 __all__ = ["Session", "run"]
 
@@ -50,21 +50,13 @@ class Session:
             from xtalign.distill.ray_backend import build_parts
         else:
             from xtalign.distill.setup import build_parts
-        parts = build_parts(cfg, run_dir)
-        self.parts = parts
-        self.device = parts.device
-        self.student_tok = parts.student_tok
-        self.teacher_toks = parts.teacher_toks
-        self.choices: list[LossChoice] = parts.choices
-        self.plans = parts.plans
-        self.plans_meta = parts.plans_meta
-        self.projections = parts.projections
-        self.corpus = parts.corpus
-        self.builder = parts.builder
-        self.student = parts.student
-        self.student_loaded = parts.student_loaded
-        self.sources = parts.sources
-        self.eval_batches = parts.eval_batches
+        self.parts = build_parts(cfg, run_dir)
+
+    def __getattr__(self, name: str) -> Any:
+        """The run's parts (`student`, `sources`, `device`, `corpus`, …) read straight from `setup.Parts`."""
+        if name == "parts":  # not built yet: avoid recursing
+            raise AttributeError(name)
+        return getattr(self.parts, name)
 
     # --- eval ------------------------------------------------------------------------------------------
 
