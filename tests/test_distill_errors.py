@@ -75,6 +75,9 @@ def test_seq_len_too_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     cfg = fast_config(tmp_path)
     one_line_error(capsys, ["distill", "--config", str(cfg), "seq_len=4", "--out", str(tmp_path / "o")],
                    "seq_len=4", "too short")
+    one_line_error(capsys, ["distill", "--config", str(cfg), f"data.train={tmp_path / 'nope.txt'}", "--out",
+                            str(tmp_path / "o")], "nope.txt")
+    assert not (tmp_path / "o").exists()  # a refused run leaves no directory behind
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

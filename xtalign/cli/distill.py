@@ -72,7 +72,6 @@ def _progress(total: int, start: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xtalign.cli.common import prepare_out_dir
     from xtalign.config import to_json
     from xtalign.distill import engine
 
@@ -97,11 +96,20 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(to_json(cfg))
             return 0
-        prepare_out_dir(out, overwrite=args.overwrite)
+        _check_out(out, overwrite=args.overwrite)  # created only once the run's parts have loaded
         bar, update = _progress(cfg.steps, 0)
         summary = _with_bar(bar, lambda: engine.run(cfg, out, on_step=update))
         _report(out, summary)
     return 0
+
+
+def _check_out(out: Path, *, overwrite: bool) -> None:
+    from xtalign.cli.common import CLIError
+
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CLIError(f"--out {out} already holds files; pass --overwrite to replace them or choose another path")
 
 
 def _with_bar(bar: Any, fn: Any) -> Any:
