@@ -86,6 +86,7 @@ class StudentWorker:
         self.grad_clip = optim.grad_clip
         built = [build_loss(p, self.device) for p in self.plans]
         self.losses = [b[0] for b in built]
+        self.best_columns = [_best_columns(p, self.device) for p in self.plans]  # fixed W: computed once
         self.learnable = [b[1] for b in built]
         groups: list[dict[str, Any]] = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         for plan, learn in zip(self.plans, self.learnable, strict=True):
@@ -164,8 +165,8 @@ class StudentWorker:
         top = logits.argmax(-1)  # [B, Ts]
         keep = m.targets != IGNORE
         hits, n = int(((top == m.targets) & keep).sum()), int(keep.sum())
-        agree = [_teacher_agreement(top, side, out, plan)
-                 for side, out, plan in zip(batch.teachers, teachers, self.plans, strict=True)]
+        agree = [_teacher_agreement(top, side, out, best)
+                 for side, out, best in zip(batch.teachers, teachers, self.best_columns, strict=True)]
         return {"acc_hits": hits, "acc_n": n, "agree": agree}
 
     def _accumulate(self, micro: Sequence[tuple[Batch, Sequence[TeacherTopK]]]) -> list[dict[str, Any]]:
@@ -328,19 +329,26 @@ def _fully_shard(model: nn.Module) -> None:
     fully_shard(model)
 
 
-def _teacher_agreement(top: Tensor, side: Any, out: TeacherTopK, plan: TeacherPlan) -> tuple[int, int]:
-    """(hits, n): positions where the student's top-1, mapped through W's largest entry, is the teacher's
-    top-1 for the same next token (first token of each chunk; same-vocab: every counted position)."""
+def _best_columns(plan: TeacherPlan, device: torch.device) -> Tensor | None:
+    """``[V_s]`` the teacher id of each student row's largest W entry (-1 for empty rows); None without W."""
+    if plan.indices is None or plan.weights is None:
+        return None
+    idx = torch.from_numpy(plan.indices).to(device)
+    w = torch.from_numpy(plan.weights).to(device)
+    best = idx.gather(1, w.argmax(1, keepdim=True)).squeeze(1)  # [V_s]
+    return torch.where(w.max(1).values > 0, best, -1)
+
+
+def _teacher_agreement(top: Tensor, side: Any, out: TeacherTopK, best: Tensor | None) -> tuple[int, int]:
+    """(hits, n): positions where the student's top-1, mapped through W's largest entry (`best`), is the
+    teacher's top-1 for the same next token (first token of each chunk; same-vocab: every counted position)."""
     t_top = out.ids[..., 0].long()  # [B, Tt] top-k ids come sorted
     if side.same_vocab:
         keep = torch.from_numpy(side.targets).to(top.device) != IGNORE
         return int(((top == t_top) & keep).sum()), int(keep.sum())
-    if plan.indices is None:
+    if best is None:
         return 0, 0
-    idx = torch.from_numpy(plan.indices).to(top.device)
-    w = torch.from_numpy(plan.weights).to(top.device)
-    best = idx.gather(1, w.argmax(1, keepdim=True)).squeeze(1)  # [V_s]
-    mapped = torch.where(w.max(1).values > 0, best, -1)[top]  # [B, Ts]
+    mapped = best[top]  # [B, Ts]
     s_chunk = torch.from_numpy(side.student_chunk).to(top.device)
     t_chunk = torch.from_numpy(side.teacher_chunk).to(top.device)
     s_first, t_first = _first_of_chunk(s_chunk), _first_of_chunk(t_chunk)  # [B, C] positions, -1 = none
