@@ -47,7 +47,7 @@ def row_of(word: str, student: Any, teacher: Any, projection: Any) -> dict[str, 
 def compute(student_name: str, teacher_name: str, words: Sequence[str]) -> dict[str, Any]:
     """The rows of a real projection (built with the engine's defaults, cached like the engine's)."""
     from xtalign.distill.config import ProjectionSpec
-    from xtalign.distill.plan import resolve_projection
+    from xtalign.distill.student.plans import resolve_projection
     from xtalign.zoo import load_tokenizer
 
     student, teacher = load_tokenizer(student_name), load_tokenizer(teacher_name)

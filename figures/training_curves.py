@@ -1,7 +1,13 @@
 """Training curves of `xtalign distill` runs from their metrics.jsonl: loss, KD per teacher, CE, accuracy.
 
-    .venv/bin/python figures/training_curves.py                          # out/g3/pkl if present, else out/runs/tiny
-    .venv/bin/python figures/training_curves.py --run out/g3/pkl --run out/g3/ce --out figures/training_curves.png
+    .venv/bin/python benchmarks/gemma3_cpu.py           # the Gemma-3 CPU runs; draws this figure from them into
+                                                        # benchmarks/results/gemma3-cpu/training_curves.png
+    .venv/bin/python figures/training_curves.py --run out/gemma3-cpu/runs/pkl/seed-0 \
+        --run out/gemma3-cpu/runs/ce/seed-0 --out figures/training_curves.png     # the same runs, redrawn here
+    .venv/bin/python figures/training_curves.py --run out/eval/runs/multi-sum/seed-0 \
+        --run out/eval/runs/multi-dynamic/seed-0 --out figures/training_curves_multi.png   # eval-table runs
+    .venv/bin/python figures/training_curves.py         # the gemma3_cpu.py seed-0 runs if present, else
+                                                        # out/runs/tiny (xtalign distill --config tiny-cpu.yaml)
 
 Each panel is plotted against the optimiser step: raw values thin, an exponential moving average (the
 `--smooth` factor) on top. Several runs overlay (same colour per run); the KD panel has one line per
@@ -19,7 +25,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-DEFAULT_RUNS = (ROOT / "out" / "g3" / "pkl", ROOT / "out" / "runs" / "tiny")
+GEMMA3_RUNS = tuple(ROOT / "out" / "gemma3-cpu" / "runs" / arm / "seed-0" for arm in ("pkl", "ce"))
+TINY_RUN = ROOT / "out" / "runs" / "tiny"
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
 
 
@@ -95,6 +102,11 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path, smooth: float = 0.8)
     tmp.replace(path)
 
 
+def default_runs() -> list[Path]:
+    """The gemma3_cpu.py seed-0 runs (P-KL and CE only) that exist, else the tiny-cpu run."""
+    return [r for r in GEMMA3_RUNS if (r / "metrics.jsonl").is_file()] or [TINY_RUN]
+
+
 def _label(run: Path) -> str:
     return "/".join(run.resolve().parts[-2:]) if run.is_dir() else run.stem
 
@@ -107,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not 0 <= args.smooth < 1:
         raise SystemExit(f"error: --smooth must lie in [0, 1), got {args.smooth}")
-    runs = args.run or [next((r for r in DEFAULT_RUNS if (r / "metrics.jsonl").is_file()), DEFAULT_RUNS[-1])]
+    runs = args.run or default_runs()
     plot({_label(r): read_metrics(r) for r in runs}, args.out, args.smooth)
     print(f"wrote {args.out} from {', '.join(map(str, runs))}")
     return 0

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 
 from xtalign.zoo import Tokenizer, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +22,50 @@ def zoo():
         return load_tokenizer(name)
 
     return get
+
+
+def _analysis(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{name}_for_tests", ROOT / "analysis" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def pinned_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pinned text corpus folder: out/corpus when built, else built here from its pinned artifacts."""
+    if (ROOT / "out" / "corpus" / "train.jsonl").is_file():
+        return ROOT / "out" / "corpus"
+    corpus = _analysis("corpus")
+    out = tmp_path_factory.mktemp("corpus")
+    corpus.write(out, *corpus.build())
+    return out
+
+
+@pytest.fixture(scope="session")
+def pinned_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pinned chat corpus folder: out/chat when built, else built here (analysis/chat_corpus.py)."""
+    if (ROOT / "out" / "chat" / "train.jsonl").is_file():
+        return ROOT / "out" / "chat"
+    chat = _analysis("chat_corpus")
+    out = tmp_path_factory.mktemp("chat")
+    outputs, _ = chat.build()
+    for name, data in outputs.items():
+        (out / name).write_bytes(data)
+    return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu`-marked tests run only where torch sees a CUDA device (benchmarks/gpu_check.py runs them there)."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

@@ -117,7 +117,7 @@ def test_build_is_deterministic_and_lists_every_file(tmp_path: Path) -> None:
     assert all(f["licence"] in ("MIT", "public domain") and f["bytes"] > 0 for f in manifest["files"])
     out = tmp_path / "out"
     corpus.write(out, train, held, manifest)
-    from xtalign.distill.corpus import read_documents
+    from xtalign.distill.data.corpus import read_documents
 
     assert len(read_documents(str(out / "train.jsonl"))) == 6
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from xtalign.align import token_ends
-from xtalign.distill.batch import IGNORE, Batch
 from xtalign.distill.config import DataConfig
-from xtalign.distill.corpus import Corpus, DataError, load_corpus, pack_documents, read_documents, split_documents
-from xtalign.distill.data import BatchBuilder, DataPipeline, batch_order, cut_point_multi
+from xtalign.distill.data.batch import IGNORE, Batch
+from xtalign.distill.data.builder import BatchBuilder, cut_point_multi
+from xtalign.distill.data.corpus import Corpus, DataError, load_corpus, pack_documents, read_documents, split_documents
+from xtalign.distill.data.pipeline import DataPipeline, batch_order, heldout_batches, heldout_selection
 
 TEXTS = [
     "Hello 👍🏽 world, the year 2025 had 365 days.",
@@ -293,17 +294,30 @@ def test_pipeline_reraises_worker_error_and_closes(small_corpus: Corpus, zoo) ->
         next(pipe)
 
 
-def test_heldout_batches_fixed_order(zoo) -> None:
+def test_heldout_batches_all_when_they_fit(zoo) -> None:
     corpus = load_corpus(DataConfig(pack_chars=2000, heldout_fraction=0.2), seed=0)
     bld = BatchBuilder(zoo("gpt2"), [zoo("llama3")], seq_len=32, add_bos=True)
-    with DataPipeline(corpus, bld, batch_size=4, seed=0) as pipe:
-        held = pipe.heldout_batches(100)
-        n = len(corpus.heldout)
-        assert [b.size for b in held] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
-        ids = np.concatenate([b.sample_ids for b in held])
-        assert ids.tolist() == list(range(len(corpus.train), len(corpus.train) + n))
-        assert [b.texts[0] for b in held] == [corpus.heldout[4 * k][: len(held[k].texts[0])] for k in range(len(held))]
-        assert len(pipe.heldout_batches(2)) == 2 and pipe.heldout_batches(100) is held
+    held = heldout_batches(corpus, bld, batch_size=4, max_batches=100, seed=0)
+    n = len(corpus.heldout)
+    assert [b.size for b in held] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+    ids = np.concatenate([b.sample_ids for b in held])
+    assert ids.tolist() == list(range(len(corpus.train), len(corpus.train) + n))
+    assert [b.texts[0] for b in held] == [corpus.heldout[4 * k][: len(held[k].texts[0])] for k in range(len(held))]
+    assert all(set(b.sources) == {"botchan"} for b in held)
+
+
+def test_heldout_selection_spreads_over_sources() -> None:
+    sources = ["a"] * 60 + ["b"] * 30 + ["c"] * 10
+    picked = heldout_selection(sources, 10, seed=0)
+    assert picked.tolist() == sorted(set(picked.tolist())) and len(picked) == 10
+    counts = {name: sum(sources[i] == name for i in picked) for name in "abc"}
+    assert counts == {"a": 6, "b": 3, "c": 1}
+    assert picked.max() > 50  # a spread, not the first samples in file order
+    assert heldout_selection(sources, 10, seed=0).tolist() == picked.tolist()
+    assert heldout_selection(sources, 10, seed=1).tolist() != picked.tolist()
+    assert heldout_selection(sources, 200, seed=0).tolist() == list(range(100))
+    tiny = heldout_selection(["a"] * 50 + ["b"], 4, seed=0)  # every source gets at least one sample
+    assert sum(i == 50 for i in tiny) == 1
 
 
 def test_default_corpus() -> None:

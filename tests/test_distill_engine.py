@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -62,7 +63,7 @@ def test_tiny_recipe_end_to_end(tmp_path: Path) -> None:
     for key in ("tokens", "loss", "kd", "ce", "loss_scale", "lr", "grad_norm", "accuracy", "agreement",
                 "tokens_per_s", "time", "peak_memory_mb"):
         assert key in rows[-1], key
-    assert set(rows[-1]["time"]) == {"data", "teacher", "transfer", "student"}
+    assert set(rows[-1]["time"]) == {"data", "teacher", "student", "teacher_wait"}
     ev = evals(out)
     assert [e["model"] for e in ev[:2]] == ["teacher:tiny-gpt2", "student"]
     assert [e["step"] for e in ev if e["model"] == "student"] == [0, 20, 40]
@@ -97,10 +98,12 @@ def test_every_cross_tokenizer_loss_runs(tmp_path: Path, loss: str, extra: dict)
     out = tmp_path / loss
     assert distill("--config", cfg, "--out", out) == 0
     rows = metrics(out)
-    assert len(rows) == 2 and all(r["kd"]["t"] == r["kd"]["t"] for r in rows)  # finite, not nan
+    assert len(rows) == 2 and all(math.isfinite(r["kd"]["t"]) for r in rows)  # (GOLD's common-set term may be < 0)
     chosen = json.loads((out / "losses.json").read_text())["t"]
-    if loss == "auto":  # mistral-v1 -> gpt2: the audit's rule, recorded with its reason
-        assert chosen["loss"] in ("p-kl", "h-kl") and "xtalign audit" in chosen["reason"]
+    if loss == "auto":  # mistral-v1 -> gpt2: numerals are not shared (0/100, 0/1000 aligned), so P-KL
+        assert chosen["loss"] == "p-kl"
+        assert chosen["reason"].startswith("xtalign audit mistral-v1 -> gpt2: numerals, the paper's decisive class")
+        assert "0/100 two-digit and 0/1000 three-digit" in chosen["reason"]
     else:
         assert chosen["loss"] == loss
 
@@ -121,10 +124,9 @@ def test_multi_teacher_cross_and_same_vocab(tmp_path: Path) -> None:
         weights = last["teacher_weights"]
         if mode == "sum":
             assert weights == pytest.approx({"cross": 0.8, "same": 0.2})
-        else:
-            assert sum(weights.values()) == pytest.approx(1.0) and weights["cross"] != 0.8
         assert json.loads((out / "losses.json").read_text())["same"]["loss"] == "same-vocab"
-        assert 0 <= last["agreement"]["same"] <= 1
+        hits, n = last["counts"]["agreement"]["same"]
+        assert last["agreement"]["same"] == hits / n
         names = [e["model"] for e in evals(out)]
         assert names[:2] == ["teacher:cross", "teacher:same"]
 
@@ -169,18 +171,21 @@ def test_teacher_cache_round_trip_and_refusal(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_cached_run_never_loads_the_teacher(tmp_path: Path) -> None:
+    from xtalign.distill.build import build_run
     from xtalign.distill.config import load_config
-    from xtalign.distill.engine import Loop, Session, fill_cache
+    from xtalign.distill.engine import fill_cache
+    from xtalign.distill.loop import Loop
+    from xtalign.distill.metrics import Sinks
 
     cfg_path = fast_config(tmp_path, steps=2)
     cache = tmp_path / "cache"
     fill_cache(load_config(cfg_path), cache)
     cfg = load_config(cfg_path, [f"cache_teachers={cache}"])
-    session = Session(cfg, tmp_path / "run")
+    parts = build_run(cfg, tmp_path / "run")
     (tmp_path / "run").mkdir()
-    Loop(session).run()
-    src = session.sources[0]
-    assert not src.loaded and src.forwards == 0 and src.cache_hits == 2
+    Loop(parts, tmp_path / "run", Sinks(tmp_path / "run", [])).run()
+    src = parts.sources[0]
+    assert not src.compute.loaded and src.forwards == 0 and src.cache_hits == 2
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -230,7 +235,7 @@ def test_eval_hand_computed_bits_per_byte(tmp_path: Path, capsys: pytest.Capture
 
     from xtalign.distill.config import ArchConfig
     from xtalign.distill.export import export_hf
-    from xtalign.distill.models import load_model
+    from xtalign.distill.models.load import load_model
     from xtalign.zoo import load_tokenizer
 
     loaded = load_model(model="random", tokenizer="gpt2", arch=ArchConfig(**TINY_ARCH))
@@ -248,3 +253,92 @@ def test_eval_hand_computed_bits_per_byte(tmp_path: Path, capsys: pytest.Capture
     n_bytes = sum(len(d.encode()) for d in docs)
     assert res["bytes"] == n_bytes and res["tokens"] == n_tokens
     assert res["bits_per_byte"] == pytest.approx(n_tokens * math.log2(50257) / n_bytes, rel=1e-9)
+
+
+def test_dynamic_weights_accuracy_and_agreement_by_hand(tmp_path: Path) -> None:
+    """One step's figures against a computation by hand on the same first batch and the same initial model:
+    dynamic weights = softmax(alpha * mean teacher target log-prob), accuracy = argmax hits over counted
+    targets, same-vocabulary agreement = the student's argmax equal to the teacher's top-1 over counted targets."""
+    import numpy as np
+    import torch
+
+    from xtalign.distill.build import build_run
+    from xtalign.distill.config import load_config
+    from xtalign.distill.data.batch import IGNORE
+    from xtalign.distill.data.pipeline import DataPipeline
+
+    teachers = [{"name": "cross", "model": "random", "tokenizer": "gpt2", "arch": TINY_ARCH, "loss": "p-kl",
+                 "top_k": 16}, {"name": "same", "model": "random", "tokenizer": "mistral-v1", "arch": TINY_ARCH,
+                                "loss": "same-vocab", "top_k": 16}]
+    cfg = load_config(fast_config(tmp_path, teachers=teachers, combine={"multi": "dynamic", "alpha": 2.0}))
+    parts = build_run(cfg)
+    pipe = DataPipeline(parts.corpus, parts.builder, batch_size=cfg.batch_size, seed=cfg.seed)
+    batch = next(pipe)
+    pipe.close()
+    answers = [src.submit(batch) for src in parts.sources]
+    outs = [a.topk() for a in answers]
+    model = parts.student.model  # type: ignore[union-attr]
+    ids = torch.from_numpy(batch.student_ids)
+    with torch.no_grad():
+        top = model(input_ids=ids.clamp_min(0), attention_mask=(ids >= 0).long()).logits.argmax(-1)  # [B, Ts]
+    targets = torch.from_numpy(batch.student_targets)
+    keep = targets != IGNORE
+    scores = []
+    for side, out in zip(batch.teachers, outs, strict=True):
+        t_keep = torch.from_numpy(side.targets) != IGNORE
+        scores.append(float(out.target_logprob[t_keep].mean()))
+    want = torch.softmax(2.0 * torch.tensor(scores), 0).tolist()
+    same_top = outs[1].ids[..., 0].long()
+    stats = parts.student.train_step([(batch, answers)])  # type: ignore[union-attr]
+    assert list(stats.teacher_weights) == pytest.approx(want, rel=1e-6)
+    assert (stats.acc_hits, stats.acc_n) == (int(((top == targets) & keep).sum()), int(keep.sum()))
+    assert (stats.agree_hits[1], stats.agree_n[1]) == (int(((top == same_top) & keep).sum()), int(keep.sum()))
+    parts.close()
+    assert np.isfinite(stats.loss)
+
+
+def test_kd_moves_the_student_towards_what_only_the_teacher_prefers(tmp_path: Path) -> None:
+    """A teacher that puts nearly all its mass on one token the data never shows (' zebra'): a few steps of KD
+    raise the student's probability of it; the same steps of CE alone do not."""
+    import torch
+
+    from xtalign.distill.build import build_run
+    from xtalign.distill.config import load_config
+    from xtalign.distill.data.pipeline import DataPipeline
+    from xtalign.losses import TeacherTopK
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(["The cat sat on the mat and the dog sat on the log."] * 40))
+    teacher = {"name": "t", "model": "random", "tokenizer": "mistral-v1", "arch": TINY_ARCH, "loss": "same-vocab",
+               "top_k": 1}
+    probs = {}
+    for arm, combine in (("kd", {"scaling": "fixed", "kd_weight": 1.0, "ce_weight": 1.0}),
+                         ("ce", {"scaling": "fixed", "kd_weight": 0.0, "ce_weight": 1.0})):
+        cfg = load_config(fast_config(tmp_path, f"{arm}.yaml", teachers=[teacher], combine=combine, steps=12,
+                                      optim={"lr": 1e-2}, data={"train": str(text), "pack_chars": 120,
+                                                                "heldout_fraction": 0.05}))
+        parts = build_run(cfg)
+        zebra = parts.student_tok.encode(" zebra")[0]
+        pipe = DataPipeline(parts.corpus, parts.builder, batch_size=cfg.batch_size, seed=cfg.seed)
+        for _ in range(12):
+            batch = next(pipe)
+            shape = batch.teachers[0].ids.shape
+            forced = TeacherTopK(logits=torch.full((*shape, 1), 30.0), ids=torch.full((*shape, 1), zebra),
+                                 logsumexp=torch.full(shape, 30.0), vocab_size=parts.teacher_rows[0],
+                                 target_logprob=torch.zeros(shape))
+
+            class _Forced:
+                nbytes = 0
+
+                def topk(self, out: TeacherTopK = forced) -> TeacherTopK:
+                    return out
+
+            parts.student.train_step([(batch, [_Forced()])])  # type: ignore[union-attr]
+        pipe.close()
+        model = parts.student.model  # type: ignore[union-attr]
+        ids = torch.from_numpy(batch.student_ids).clamp_min(0)
+        with torch.no_grad():
+            p = torch.softmax(model(input_ids=ids).logits.float(), -1)[..., zebra].mean()
+        probs[arm] = float(p)
+        parts.close()
+    assert probs["kd"] > 0.01 and probs["kd"] > 100 * probs["ce"], probs  # seen: 0.042 vs 2.2e-05

@@ -32,7 +32,7 @@ def test_unknown_key_names_the_closest(tmp_path: Path, capsys: pytest.CaptureFix
     data["teachers"][0]["temprature"] = 2.0
     cfg.write_text(yaml.safe_dump(data))
     one_line_error(capsys, ["distill", "--config", str(cfg), "--out", str(tmp_path / "o")],
-                   "teachers.temprature", "'temperature'")
+                   "teachers.0.temprature", "'temperature'")
     assert not (tmp_path / "o").exists()
 
 
@@ -139,7 +139,7 @@ def _dry(capsys: pytest.CaptureFixture[str], path: Path) -> str:
 
 def test_ray_only_settings_refused_on_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = fast_config(tmp_path)
-    for override, needle in (("ray.async=true", "async teachers need backend: ray"),
+    for override, needle in (("ray.async=true", "ray.async (async teachers) needs backend: ray"),
                              ("student.num_workers=2", "num_workers > 1 needs backend: ray"),
                              ("teachers.0.num_replicas=2", "num_replicas > 1 needs backend: ray")):
         one_line_error(capsys, ["distill", "--config", str(cfg), override, "--out", str(tmp_path / "o")], needle)

@@ -10,9 +10,11 @@ import torch
 
 from xtalign.cli.main import main
 from xtalign.distill.config import ArchConfig, TeacherConfig
+from xtalign.distill.errors import ModelError
 from xtalign.distill.export import ExportError, export_hf, load_exported_tokenizer
-from xtalign.distill.models import MODEL_ZOO, ModelError, load_model, zoo_gguf_path
-from xtalign.distill.teacher import TeacherWorker
+from xtalign.distill.models.load import load_model
+from xtalign.distill.models.zoo import MODEL_ZOO, zoo_gguf_path
+from xtalign.distill.teacher.worker import TeacherWorker
 from xtalign.losses import TeacherTopK
 from xtalign.zoo.artifacts import sha256_file
 
@@ -193,10 +195,15 @@ def test_teacher_rejects_bad_inputs(llama):
         worker.forward(ids, np.array([6]), targets)
 
 
-def test_teacher_info_and_from_config(llama):
-    cfg = TeacherConfig(model="random", tokenizer="gpt2", arch=ArchConfig(family="llama", **TINY), top_k=3,
-                        temperature=2.0, head_slice=2)
-    worker = TeacherWorker.from_config(cfg, seed=1)
+def test_teacher_info_and_worker_from_the_run_config(llama):
+    from xtalign.distill.config import DistillConfig, StudentConfig
+    from xtalign.distill.workers import teacher_worker
+
+    teacher = TeacherConfig(model="random", tokenizer="gpt2", arch=ArchConfig(family="llama", **TINY), top_k=3,
+                            temperature=2.0, head_slice=2)
+    cfg = DistillConfig(student=StudentConfig(model="random", tokenizer="gpt2", arch=ArchConfig(**TINY)),
+                        teachers=(teacher,), seed=-999, device="cpu", seq_len=8)  # teacher 0's seed: -999 + 1000 = 1
+    worker = teacher_worker(cfg, 0, 50257)
     info = worker.info()
     assert (info["rows"], info["k"], info["temperature"], info["head_slice"]) == (50257, 3, 2.0, 2)
     assert info["fingerprint"] == llama.fingerprint
@@ -230,12 +237,23 @@ def test_export_roundtrip(tok, tmp_path):
     assert again.fingerprint.startswith("folder:") and again.rows == lm.rows
 
 
-def test_export_sentencepiece_writes_reference_only(tmp_path, zoo):
+@pytest.mark.parametrize("name", ["mistral-v1", "llama2"])
+def test_export_sentencepiece_loads_with_autotokenizer(name, tmp_path, zoo):
+    """A SentencePiece student (the tiny recipe's mistral-v1) exports a tokenizer transformers loads, encoding
+    exactly like the one it trained with, with its chat template and special tokens set."""
+    from transformers import AutoTokenizer
+
     lm = load_model(model="random", arch=ArchConfig(hidden_size=8, num_layers=1, num_heads=2, num_kv_heads=2,
-                                                    intermediate_size=16), tokenizer="llama2")
-    out = export_hf(lm, lm.tokenizer, tmp_path / "s")
-    assert not (out / "tokenizer.json").exists()
-    assert load_exported_tokenizer(out) is zoo("llama2")
+                                                    intermediate_size=16), tokenizer=name)
+    chatml = "{% for m in messages %}{{'<s>' + m['role'] + ': ' + m['content'] + '</s>'}}{% endfor %}"
+    out = export_hf(lm.model, lm.tokenizer, tmp_path / "s", chat_template=chatml)
+    hf = AutoTokenizer.from_pretrained(str(out))
+    for text in (TEXT, "  two leading spaces, tabs\t\tand 1234567 digits\n\nnaïve 日本語 🤖"):
+        assert hf(text, add_special_tokens=False).input_ids == lm.tokenizer.encode(text)
+        assert hf(text).input_ids == [lm.tokenizer.vocab.roles["bos"], *lm.tokenizer.encode(text)]
+    assert (hf.bos_token, hf.eos_token) == ("<s>", "</s>")
+    assert hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<s>user: hi</s>"
+    assert load_exported_tokenizer(out) is zoo(name)
 
 
 def test_export_refuses_to_overwrite(tmp_path, llama):
@@ -291,7 +309,7 @@ def test_smollm2_continues_berlin(tmp_path):
         np.array([ids]), np.array([len(ids)]), np.full((1, len(ids)), -100))
     assert lm.tokenizer.decode([int(top.ids[0, -1, 0])]) == " Berlin"
     assert lm.fingerprint == sha256_file(zoo_gguf_path("smollm2-135m"))
-    out = export_hf(lm, lm.tokenizer, tmp_path / "smol")  # the dequantised GGUF model exports as a plain model
+    out = export_hf(lm.model, lm.tokenizer, tmp_path / "smol")  # the dequantised GGUF model exports as a plain model
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     back = load_model(model=str(out))
     with torch.no_grad():

@@ -9,7 +9,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -111,40 +110,3 @@ def test_training_curves_series_ema_and_png(tmp_path: Path) -> None:
     assert _is_small_png(tmp_path / "c.png")
     with pytest.raises(SystemExit, match="does not exist"):
         mod.read_metrics(tmp_path / "nothing")
-
-
-# --- top-k fidelity ---------------------------------------------------------------------------------------------
-
-
-def _tiny_inputs(mod: ModuleType) -> object:
-    g = torch.Generator().manual_seed(0)
-    v_s, v_t = 40, 50
-    dense = torch.zeros(v_s, v_t)
-    for s in range(v_s):
-        cols = torch.randperm(v_t, generator=g)[:2]
-        dense[s, cols[0]] = 0.9 if s % 2 else 1.0
-        if s % 2:
-            dense[s, cols[1]] = 0.1
-    sc = torch.tensor([[0, 0, 1, 2, 3, 4, -1], [0, 1, 1, 2, 3, -1, -1]])
-    tc = torch.tensor([[0, 1, 2, 3, 4, -1], [0, 0, 1, 2, 3, -1]])
-    return mod.Inputs(torch.randn(2, 6, v_t, generator=g) * 3, torch.randn(2, 7, v_s, generator=g), sc, tc,
-                      mod.SparseProjection.from_dense(dense))
-
-
-def test_topk_fidelity_is_exact_at_full_k_and_degrades_below(tmp_path: Path) -> None:
-    mod = _load("analysis/topk_fidelity.py")
-    rows = mod.study(_tiny_inputs(mod), (4, 16, 50))
-    masses = [r["mass_kept"] for r in rows]
-    assert masses[0] < masses[1] < masses[2] == pytest.approx(1.0)
-    for name in mod.LOSSES:
-        assert rows[2][name]["rel_error"] == pytest.approx(0.0, abs=1e-6)  # k = V_t is the reference
-        assert rows[2][name]["grad_cosine"] == pytest.approx(1.0, abs=1e-6)
-        assert abs(rows[0][name]["rel_error"]) > 1e-3 and rows[0][name]["grad_cosine"] < 0.999
-    result = {"setup": {"teacher_vocab": 50, "rows": 2, "teacher_tokens": 12, "student_tokens": 14, "chunks": 9,
-                        "corpus_sha256": "0" * 64}, "rows": rows}
-    mod.write_outputs(result, tmp_path / "r.json", tmp_path / "t.md", tmp_path / "f.png")
-    table = (tmp_path / "t.md").read_text()
-    assert table.count("\n| ") == 4 and "| 50 | 304 | 1.0000 | 50 | +0.00 % | 1.0000 |" in table
-    assert rows[0]["union_columns"] <= 4 * 9  # 9 loss positions of 4 ids
-    assert _is_small_png(tmp_path / "f.png")
-    assert json.loads((tmp_path / "r.json").read_text())["rows"][0]["k"] == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,20 @@ def test_cli_nemo_import_and_npz_export(tmp_path, capsys) -> None:
     assert main(["inspect", str(out), "--export-npz", str(npz)]) == 2  # refuses to overwrite
     assert main(["build-projection", "--student", "phi3", "--teacher", "mistral-v1", "--from-nemo",
                  str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.safetensors")]) == 2
+
+
+def test_cli_from_nemo_summary_counts_normal_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """gpt2 onto itself as NeMo writes it: 50,256 normal tokens exact (the special row is not one of them),
+    and no empty 'rows' line when every row is exact."""
+    import torch
+
+    from xtalign.cli.main import main
+
+    n = 50257
+    torch.save({"indices": torch.arange(n)[:, None], "likelihoods": torch.ones(n, 1)}, tmp_path / "nemo.pt")
+    out = tmp_path / "w.safetensors"
+    assert main(["build-projection", "--student", "gpt2", "--teacher", "gpt2", "--from-nemo",
+                 str(tmp_path / "nemo.pt"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "exact      50,256 of 50,256 normal student tokens (100.00%)" in text
+    assert "  rows " not in text

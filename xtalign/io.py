@@ -20,8 +20,8 @@ from xtalign.projection import Projection, RowSource
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEYS", "ProjectionFormatError", "ProjectionMismatchError",
-    "check_fingerprints", "export_npz", "import_nemo_pt", "load_projection", "projection_to_bytes",
-    "read_metadata", "save_projection",
+    "check_fingerprints", "dump_json", "export_npz", "import_nemo_pt", "load_projection", "projection_to_bytes",
+    "read_metadata", "save_projection", "write_atomic",
 ]
 
 FORMAT_NAME = "xtalign-projection"
@@ -33,6 +33,22 @@ METADATA_KEYS = (
     "student_model_rows", "teacher_model_rows",  # present only where the model's rows differ from the vocab
     "student_fingerprint", "teacher_fingerprint", "top_k", "config", "stats",
 )
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write via a temporary sibling and rename, so a failure never leaves a half-written output."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def dump_json(path: Path, obj: Any) -> None:
+    """`obj` as indented JSON, written atomically."""
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 class ProjectionFormatError(ValueError):
@@ -197,18 +213,33 @@ def import_nemo_pt(path: str | os.PathLike[str], *, student: Any = None, teacher
         teacher_cols=max(t_size, t_rows or 0, int(idx.max(initial=-1)) + 1),
         student_model_rows=getattr(student, "model_rows", None), teacher_model_rows=t_rows,
         config={"imported_from": "nemo-rl", "path": str(path), "renormalize": renormalize},
-        stats=_import_stats(source, w))
+        stats=_import_stats(source, w, student))
 
 
-def _import_stats(source: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
-    """The build's stats, as far as an imported file allows (token kinds are unknown: shares are of all rows)."""
+def _normal_rows(student: Any, rows: int) -> np.ndarray:
+    """``[rows]`` True where the row is a normal student token (all rows when the tokenizer is unknown)."""
+    if student is None:
+        return np.ones(rows, dtype=bool)
+    from xtalign.vocab import TokenKind
+
+    kinds = np.asarray(student.vocab.kinds)
+    out = np.zeros(rows, dtype=bool)
+    n = min(rows, kinds.shape[0])
+    out[:n] = kinds[:n] == TokenKind.NORMAL
+    return out
+
+
+def _import_stats(source: np.ndarray, weights: np.ndarray, student: Any = None) -> dict[str, Any]:
+    """The build's stats, as far as an imported file allows: exact shares are of the student's normal tokens
+    when its tokenizer is given (of all rows otherwise)."""
     entries = (weights > 0).sum(axis=1)
     empty = entries == 0
-    exact = int((source == RowSource.EXACT).sum())
+    normal = _normal_rows(student, len(source))
+    exact = int(((source == RowSource.EXACT) & normal).sum())
     return {
-        "rows": len(source), "entries": int(entries.sum()),
+        "rows": len(source), "entries": int(entries.sum()), "normal_rows": int(normal.sum()),
         "mean_entries_per_row": round(float(entries[~empty].mean()) if (~empty).any() else 0.0, 4),
-        "exact_share": round(exact / max(len(source), 1), 6), "exact_rows": exact,
+        "exact_share": round(exact / max(int(normal.sum()), 1), 6), "exact_rows": exact,
         "rows_by_source": {s.name.lower(): int((source == s).sum()) for s in RowSource},
         "empty_rows": int(empty.sum()),
     }

@@ -385,7 +385,7 @@ def _stats(student: Tokenizer, source: np.ndarray, weights: np.ndarray, fallback
     kinds[: student.vocab.size] = student.vocab.kinds
     exact = int(((kinds == TokenKind.NORMAL) & (source == RowSource.EXACT)).sum())
     return {
-        "rows": len(source), "entries": int(entries.sum()),
+        "rows": len(source), "entries": int(entries.sum()), "normal_rows": int((kinds == TokenKind.NORMAL).sum()),
         "mean_entries_per_row": round(float(entries[~empty].mean()) if (~empty).any() else 0.0, 4),
         "exact_share": round(exact / max(int((kinds == TokenKind.NORMAL).sum()), 1), 6), "exact_rows": exact,
         "rows_by_source": {s.name.lower(): int((source == s).sum()) for s in RowSource if s != RowSource.IMPORTED},

@@ -138,10 +138,14 @@ def _print_summary(proj: Any, out: Path, seconds: float) -> None:
     rows, cols = proj.shape
     print(f"projection {proj.student_name} -> {proj.teacher_name}: [{rows:,} x {cols:,}], top-k {proj.top_k}, "
           f"{s['entries']:,} entries")
-    print(f"  exact      {s['exact_rows']:,} of the student's normal tokens ({s['exact_share']:.2%})")
-    by = s["rows_by_source"]
-    print("  rows       " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in by.items()
-                                       if v and k not in ("exact", "empty")))
+    if "normal_rows" in s:
+        print(f"  exact      {s['exact_rows']:,} of {s['normal_rows']:,} normal student tokens "
+              f"({s['exact_share']:.2%})")
+    else:
+        print(f"  exact      {s['exact_rows']:,} of the student's normal tokens ({s['exact_share']:.2%})")
+    by = [f"{k.replace('_', ' ')} {v:,}" for k, v in s["rows_by_source"].items() if v and k not in ("exact", "empty")]
+    if by:
+        print("  rows       " + ", ".join(by))
     reasons = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in s.get("empty_by_reason", {}).items() if v)
     print(f"  empty      {s['empty_rows']:,} rows" + (f" ({reasons})" if reasons else ""))
     print(f"  mean       {s['mean_entries_per_row']:.3f} entries per non-empty row")

@@ -13,13 +13,16 @@ EXAMPLE = """example:
       # -> out/cache/gemma3-270m/{manifest.json, shard-*.safetensors, heldout_eval.json}
   xtalign distill --config distill/configs/gemma3-teacher-cpu.yaml --cache-teachers out/cache --out out/runs/g3
       # reads the cache instead of running Gemma-3 (refused if made for another teacher, data, k or temperature)
+  xtalign cache-teachers --config distill/configs/gemma3-teacher-cpu.yaml backend=ray --out out/cache
+      # the same cache, filled by the teachers' Ray actors
 """
 
 
 def add_parser(sub: Any, verb: str) -> None:
     p = sub.add_parser(verb, help="fill a teacher cache without training", description=__doc__, epilog=EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as for `xtalign distill`")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as for `xtalign distill` "
+                   "(backend=ray fills the cache from the teachers' Ray actors)")
     p.add_argument("--config", type=Path, required=True, help="run config (YAML)")
     p.add_argument("--out", type=Path, required=True, help="cache directory (one sub-directory per teacher)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -27,15 +30,16 @@ def add_parser(sub: Any, verb: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xtalign.cli.distill import translate_errors
-    from xtalign.config import to_json
-    from xtalign.distill.config import load_config
+    import json
+
+    from xtalign.cli.common import usage_errors
+    from xtalign.distill.config import config_to_dict, load_config
     from xtalign.distill.engine import fill_cache
 
-    with translate_errors():
+    with usage_errors():
         cfg = load_config(args.config, list(args.overrides))
         if args.dry_run:
-            print(to_json(cfg))
+            print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
             return 0
 
         def tick(n: int, total: int) -> None:

@@ -1,15 +1,16 @@
-"""Helpers shared by CLI verbs: one-line errors, output directories, provenance."""
+"""Helpers shared by CLI verbs: one-line errors (mapped from error TYPES to exit codes), output directories.
+`write_atomic`, `dump_json` (xtalign.io) and `provenance` (xtalign.provenance) are re-exported for the verbs."""
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from xtalign.io import dump_json, write_atomic
+from xtalign.provenance import cpu_model, git_sha, provenance
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "CLIError", "check_out_file", "cpu_model", "dump_json",
+           "exit_code", "git_sha", "prepare_out_dir", "provenance", "usage_errors", "write_atomic"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -41,49 +42,51 @@ def check_out_file(path: Path, *, overwrite: bool) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a temporary file and rename, so a failure never leaves a half-written output."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    tmp.replace(path)
+def _usage_types() -> tuple[type[BaseException], ...]:
+    """Error types that mean bad input (exit 2); the engine's and chat's only where they are importable."""
+    from xtalign.config import ConfigError
+    from xtalign.io import ProjectionFormatError, ProjectionMismatchError
+    from xtalign.provenance import DirtyTreeError
 
-
-def _git(*args: str) -> str:
+    found: list[type[BaseException]] = [ConfigError, ProjectionMismatchError, ProjectionFormatError, DirtyTreeError]
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[2], timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
+        from xtalign.distill.errors import BadInputError
 
-
-def git_sha() -> str:
-    return _git("rev-parse", "--short", "HEAD") or "unknown"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
+        found.append(BadInputError)
+    except ImportError:
         pass
-    return platform.processor() or "unknown"
+    try:
+        from xtalign.chat import ChatError
+
+        found.append(ChatError)
+    except ImportError:
+        pass
+    return tuple(found)
 
 
-def provenance() -> dict[str, Any]:
-    """Where and when a result was produced: for results JSON."""
-    from xtalign import __version__
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of a known error type (None: not one the CLI knows)."""
+    try:
+        from xtalign.distill.errors import WorkerDiedError
 
-    return {"xtalign": __version__, "git_sha": git_sha(), "git_dirty": bool(_git("status", "--porcelain")),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"), "python": sys.version.split()[0],
-            "platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_model(),
-            "cpu_count": os.cpu_count()}
+        if isinstance(exc, WorkerDiedError):
+            return EXIT_FAILURE
+    except ImportError:
+        pass
+    return EXIT_USAGE if isinstance(exc, _usage_types()) else None
 
 
-def dump_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+class usage_errors:
+    """Known errors raised inside a verb → `CLIError` with their exit code (see `exit_code`); anything else
+    goes on to `xtalign.cli.main` (one line, exit 1)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
+        if exc is None or isinstance(exc, CLIError):
+            return False
+        code = exit_code(exc)
+        if code is None:
+            return False
+        raise CLIError(str(exc), code) from None

@@ -14,7 +14,7 @@ from typing import Any
 
 EXAMPLE = """example:
   xtalign distill --config distill/configs/tiny-cpu.yaml --out out/runs/tiny
-      # random-init tiny student (mistral-v1 tokenizer) <- tiny teacher (gpt2 tokenizer), P-KL, ~20 s on 2 CPUs
+      # random-init tiny student (mistral-v1 tokenizer) <- tiny teacher (gpt2 tokenizer), P-KL, ~30 s on 2 CPUs
   xtalign distill --config distill/configs/tiny-cpu.yaml steps=60 teachers.0.loss=h-kl --out out/runs/tiny-hkl
   xtalign distill --resume out/runs/tiny steps=80          # continue from the newest complete checkpoint
   xtalign distill --config distill/configs/gemma3-teacher-cpu.yaml --cache-teachers out/cache --out out/runs/g3
@@ -27,8 +27,8 @@ EXAMPLE = """example:
 def add_parser(sub: Any, verb: str) -> None:
     p = sub.add_parser(verb, help="distil teachers into a student (cross-tokenizer KD)", description=__doc__,
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. steps=50 "
-                   "teachers.0.temperature=2 optim.lr=3e-4")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, anywhere on the line, e.g. "
+                   "steps=50 teachers.0.temperature=2 optim.lr=3e-4")
     p.add_argument("--config", type=Path, help="run config (YAML); see distill/configs/")
     p.add_argument("--out", type=Path, help="run directory (default: out/runs/<config name>)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its newest checkpoint")
@@ -72,10 +72,13 @@ def _progress(total: int, start: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xtalign.config import to_json
-    from xtalign.distill import engine
+    import json
 
-    with translate_errors():
+    from xtalign.cli.common import usage_errors
+    from xtalign.distill import engine
+    from xtalign.distill.config import config_to_dict
+
+    with usage_errors():
         if args.resume is not None:
             if args.config is not None:
                 from xtalign.cli.common import CLIError
@@ -84,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
             if args.dry_run:
                 print((args.resume / "config.json").read_text())
                 return 0
-            import json
-
             total = json.loads((args.resume / "config.json").read_text()).get("steps", 0) if (
                 args.resume / "config.json").is_file() else 0
             bar, update = _progress(total, 0)
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         cfg, out = resolve(args)
         if args.dry_run:
-            print(to_json(cfg))
+            print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
             return 0
         _check_out(out, overwrite=args.overwrite)  # created only once the run's parts have loaded
         bar, update = _progress(cfg.steps, 0)
@@ -128,29 +129,3 @@ def _report(out: Path, summary: dict[str, Any]) -> None:
     if final:
         print(f"held-out bits per byte (student): {final['bits_per_byte']:.4f} over {final['bytes']:,} bytes")
     print(f"wrote {out}/config.json, metrics.jsonl, eval.jsonl, checkpoints/, export/")
-
-
-class translate_errors:
-    """Known bad-input errors (config, data, model, cache, checkpoint, placement) → one CLI line, exit 2;
-    a worker that died → one line, exit 1; anything else goes on to `xtalign.cli.main` (one line, exit 1)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
-        if exc is None:
-            return False
-        from xtalign.cli.common import EXIT_USAGE, CLIError
-        from xtalign.config import ConfigError
-
-        if isinstance(exc, CLIError):
-            return False
-        names = {c.__name__ for c in type(exc).__mro__}
-        if "WorkerDiedError" in names:
-            from xtalign.cli.common import EXIT_FAILURE
-
-            raise CLIError(str(exc), EXIT_FAILURE) from None
-        if isinstance(exc, ConfigError) or names & {"DataError", "ModelError", "CacheMismatchError", "CacheError",
-                                                    "CheckpointError", "ProjectionMismatchError"}:
-            raise CLIError(str(exc), EXIT_USAGE) from None
-        return False

@@ -32,7 +32,7 @@ def add_parser(sub: Any, verb: str) -> None:
 
 
 def _texts(args: argparse.Namespace) -> list[str]:
-    from xtalign.distill.corpus import read_documents
+    from xtalign.distill.data.corpus import read_documents
 
     docs = read_documents(args.data, field=args.field)
     if args.max_bytes:
@@ -48,12 +48,12 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xtalign.cli.distill import translate_errors
+    from xtalign.cli.common import usage_errors
     from xtalign.distill.config import ArchConfig
     from xtalign.distill.evaluate import model_bits_per_byte
-    from xtalign.distill.models import load_model
+    from xtalign.distill.models.load import load_model
 
-    with translate_errors():
+    with usage_errors():
         texts = _texts(args)
         arch = ArchConfig() if args.model == "random" else None
         loaded = load_model(model=args.model, tokenizer=args.tokenizer, arch=arch, device=args.device)

@@ -31,7 +31,7 @@ def _row(e: Any) -> dict[str, Any]:
 
 
 def _loaded(name: str) -> dict[str, Any]:
-    from xtalign.distill.models import load_model
+    from xtalign.distill.models.load import load_model
 
     lm = load_model(model=name)
     return {"rows": lm.rows, "loaded_params": lm.n_params, "fingerprint": lm.fingerprint[:16],
@@ -40,7 +40,7 @@ def _loaded(name: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from xtalign.cli.common import CLIError
-    from xtalign.distill.models import MODEL_ZOO
+    from xtalign.distill.models.zoo import MODEL_ZOO
 
     load = None if args.load is None else (args.load or list(MODEL_ZOO))
     unknown = [n for n in load or [] if n not in MODEL_ZOO]

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xtalign.distill.errors import CheckpointError
+
 __all__ = ["Checkpoint", "CheckpointError", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,6 @@ FORMAT_VERSION = "1"
 COMPLETE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__items__")
-
-
-class CheckpointError(ValueError):
-    """No usable checkpoint where one was asked for, or state that a checkpoint cannot hold."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,5 @@
-"""Held-out bits per byte for the student and for each teacher (tokenizer-independent, so they compare).
+"""Held-out bits per byte for the student and for each teacher (tokenizer-independent, so they compare),
+overall, by character class and by the samples' source.
 
 A teacher is evaluated once per data and model: the result is kept beside its teacher cache, so a run
 that reads a complete cache never loads the teacher model just to evaluate it.
@@ -7,37 +8,53 @@ that reads a complete cache never loads the teacher model just to evaluate it.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from xtalign.distill.batch import IGNORE, Batch
+from xtalign.align import token_ends
+from xtalign.distill.bpb import BitsPerByte
+from xtalign.distill.config import CombineConfig, OptimConfig, ScheduleConfig
+from xtalign.distill.data.batch import IGNORE, Batch
+from xtalign.distill.data.builder import BatchBuilder
+from xtalign.distill.protocols import Student, TeacherSource
+from xtalign.io import write_atomic
+from xtalign.zoo.tokenizer import Tokenizer
 
-if TYPE_CHECKING:
-    from xtalign.distill.sources import TeacherSource
-    from xtalign.zoo.tokenizer import Tokenizer
-
-__all__ = ["nll_from_target_logprob", "student_bpb", "teacher_bpb", "bits_per_byte"]
-
-log = logging.getLogger(__name__)
+__all__ = ["ByteScore", "model_bits_per_byte", "nll_from_target_logprob", "student_bpb", "teacher_bpb"]
 
 
-def bits_per_byte(texts: Sequence[str], ids: np.ndarray, lengths: np.ndarray, nll: np.ndarray,
-                  tok: Tokenizer, acc: Any = None) -> Any:
-    """Add B rows to a `BitsPerByte` accumulator: ``ids``/``nll [B, T]`` (nll indexed by predicted token)."""
-    from xtalign.align import token_ends
-    from xtalign.distill.bpb import BitsPerByte
 
-    acc = acc if acc is not None else BitsPerByte()
-    rows = [ids[b, : int(lengths[b])] for b in range(ids.shape[0])]
-    ends = token_ends(rows, tok)
-    for b, text in enumerate(texts):
-        n = int(lengths[b])
-        acc.add(text, ends[b], np.asarray(nll[b, :n], dtype=np.float64))
-    return acc
+class ByteScore:
+    """Bits per byte overall and per source (each a `BitsPerByte`)."""
+
+    def __init__(self) -> None:
+        self.total = BitsPerByte()
+        self.sources: dict[str, BitsPerByte] = {}
+
+    def add_rows(self, batch: Batch, texts: Sequence[str], ids: np.ndarray, lengths: np.ndarray, nll: np.ndarray,
+                 tok: Tokenizer, ends: np.ndarray | None = None, scored: np.ndarray | None = None) -> None:
+        """B rows: ``ids``/``nll [B, T]`` (nll indexed by the predicted token). Chat data gives each token's byte
+        end in its rendering (`ends`) and the tokens to score (`scored`); text data's ends follow from `tok`."""
+        if ends is None:
+            row_ends = token_ends([ids[b, : int(lengths[b])] for b in range(ids.shape[0])], tok)
+        else:
+            row_ends = [ends[b, : int(lengths[b])] for b in range(ids.shape[0])]
+        if scored is not None:
+            nll = np.where(scored, nll, np.nan)
+        for b, text in enumerate(texts):
+            n = int(lengths[b])
+            row = np.asarray(nll[b, :n], dtype=np.float64)
+            self.total.add(text, row_ends[b], row)
+            if batch.sources:
+                self.sources.setdefault(batch.sources[b], BitsPerByte()).add(text, row_ends[b], row)
+
+    def result(self) -> dict[str, Any]:
+        out = self.total.result()
+        if self.sources:
+            out["by_source"] = {name: acc.result() for name, acc in sorted(self.sources.items())}
+        return out
 
 
 def nll_from_target_logprob(target_logprob: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -48,17 +65,17 @@ def nll_from_target_logprob(target_logprob: np.ndarray, targets: np.ndarray) -> 
     return out
 
 
-def student_bpb(student: Any, tok: Tokenizer, batches: Sequence[Batch]) -> dict[str, Any]:
-    acc = None
+def student_bpb(student: Student, tok: Tokenizer, batches: Sequence[Batch]) -> dict[str, Any]:
+    score = ByteScore()
     for batch in batches:
-        nll = student.token_nll(batch)
-        acc = bits_per_byte(batch.texts, batch.student_ids, batch.student_lengths, nll, tok, acc)
-    return acc.result() if acc is not None else {}
+        score.add_rows(batch, batch.texts, batch.student_ids, batch.student_lengths, student.token_nll(batch), tok,
+                       batch.student_ends, batch.student_scored)
+    return score.result() if batches else {}
 
 
 def _eval_key(src: TeacherSource) -> str | None:
-    reader = src.reader or src.writer
-    key = getattr(reader, "key", None)
+    holder = getattr(src, "reader", None) or getattr(src, "writer", None)
+    key = getattr(holder, "key", None)
     if key is None:
         return None
     fields = {k: v for k, v in vars(key).items() if k not in ("k", "temperature")}
@@ -67,31 +84,27 @@ def _eval_key(src: TeacherSource) -> str | None:
 
 def teacher_bpb(src: TeacherSource, tok: Tokenizer, batches: Sequence[Batch]) -> dict[str, Any] | None:
     """A teacher's held-out bits per byte at T = 1 (kept beside its cache when it has one)."""
-    cache: Path | None = getattr(src, "cache_path", None)
     key = _eval_key(src)
-    stored = cache / "heldout_eval.json" if cache is not None else None
+    stored = src.cache_path / "heldout_eval.json" if src.cache_path is not None else None
     if stored is not None and stored.is_file():
         data = json.loads(stored.read_text())
         if data.get("key") == key:
             return {**data["result"], "from_cache": True}
-    acc = None
-    for batch in batches:
-        side = src.side(batch)
-        out = src.likelihood(side)
-        nll = nll_from_target_logprob(out.target_logprob.float().numpy(), side.targets)
-        acc = bits_per_byte(batch.texts, side.ids, side.lengths, nll, tok, acc)
-    if acc is None:
+    if not batches:
         return None
-    result = acc.result()
+    score = ByteScore()
+    for batch in batches:
+        side = batch.teachers[src.index]
+        nll = nll_from_target_logprob(src.likelihood(side), side.targets)
+        score.add_rows(batch, side.texts or batch.texts, side.ids, side.lengths, nll, tok, side.ends, side.scored)
+    result = score.result()
     if stored is not None:
-        from xtalign.cli.common import write_atomic
-
         stored.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(stored, json.dumps({"key": key, "result": result}, indent=2) + "\n")
     return result
 
 
-def windows(texts: Sequence[str], builder: Any) -> list[Batch]:
+def windows(texts: Sequence[str], builder: BatchBuilder) -> list[Batch]:
     """Each text cut into consecutive windows that fit the builder's `seq_len`, so every byte is scored
     (a window ends at a token boundary; the next one starts there with a fresh bos)."""
     out = []
@@ -110,9 +123,7 @@ def windows(texts: Sequence[str], builder: Any) -> list[Batch]:
 def model_bits_per_byte(model: Any, tok: Tokenizer, texts: Sequence[str], *, seq_len: int, add_bos: bool = True,
                         device: str = "cpu") -> dict[str, Any]:
     """Bits per byte of any causal LM the engine can load on `texts` (all bytes, in windows of `seq_len`)."""
-    from xtalign.distill.config import CombineConfig, OptimConfig, ScheduleConfig
-    from xtalign.distill.data import BatchBuilder
-    from xtalign.distill.student import StudentWorker
+    from xtalign.distill.student.worker import StudentWorker  # torch: only for this entry point
 
     builder = BatchBuilder(tok, [], seq_len=seq_len, add_bos=add_bos)
     worker = StudentWorker(model, plans=[], optim=OptimConfig(), schedule=ScheduleConfig(), combine=CombineConfig(),

@@ -5,6 +5,10 @@ Configs (frozen, keyword-only; ``.build()`` gives the module): ``PKLConfig`` →
 ``TopKKLLoss``, ``ScalingConfig`` → ``LossCombiner``, ``MultiTeacherConfig`` → ``MultiTeacher``.
 Inputs: ``TeacherTopK`` (teacher top-k per position), ``SparseProjection`` or ``LearnableProjection``
 (W), chunk ids from the aligner.
+
+Memory-light student side: ``sliced_losses(hidden, LMHead(...), targets=..., terms=[SlicedTerm(loss, ...)])``
+computes the LM head, CE and every KD term over slices of positions and never forms ``[B·T, V]`` logits
+(``xtalign.losses.sliced``; ``SlicedLM`` wraps a Hugging Face causal LM for DDP).
 """
 
 from xtalign.losses.chunks import ChunkLayout, chunk_means
@@ -21,6 +25,8 @@ from xtalign.losses.gold import GoldLoss, ULDLoss
 from xtalign.losses.kl import TopKKLLoss, kl_from_logprobs, next_token_ce
 from xtalign.losses.pkl import PKLLoss
 from xtalign.losses.projection import LearnableProjection, common_pairs
+from xtalign.losses.sliced import LMHead, SlicedOutput, SlicedTerm, sliced_losses
+from xtalign.losses.sliced_lm import SlicedLM, sliced_token_nll
 from xtalign.losses.softmax_projection import projected_softmax
 from xtalign.losses.types import SparseProjection, TeacherTopK
 
@@ -28,6 +34,7 @@ __all__ = [
     "ChunkLayout",
     "GoldConfig",
     "GoldLoss",
+    "LMHead",
     "LearnableProjection",
     "LossCombiner",
     "MultiTeacher",
@@ -35,6 +42,9 @@ __all__ = [
     "PKLConfig",
     "PKLLoss",
     "ScalingConfig",
+    "SlicedLM",
+    "SlicedOutput",
+    "SlicedTerm",
     "SparseProjection",
     "TeacherTopK",
     "TopKKLConfig",
@@ -46,5 +56,7 @@ __all__ = [
     "kl_from_logprobs",
     "next_token_ce",
     "projected_softmax",
+    "sliced_losses",
+    "sliced_token_nll",
     "teacher_score",
 ]

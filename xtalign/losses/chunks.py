@@ -104,6 +104,64 @@ class ChunkLayout:
             teacher_count=t_cnt[both],
         )
 
+    def group_spans(self) -> tuple[Tensor, Tensor]:
+        """``(first [G], last [G])``: the smallest and largest flat student position of each chunk."""
+        big = torch.iinfo(torch.long).max
+        first = torch.full((self.n_groups,), big, dtype=torch.long, device=self.student_pos.device)
+        first = first.scatter_reduce(0, self.student_group, self.student_pos, "amin")  # [G]
+        last = torch.full_like(first, -1).scatter_reduce(0, self.student_group, self.student_pos, "amax")  # [G]
+        return first, last
+
+    def ordered(self) -> ChunkLayout:
+        """The same chunks renumbered by their first student position, teacher entries sorted by chunk.
+
+        Then the chunks inside any range of student positions are a contiguous range of ids, and so are
+        their teacher entries (``teacher_bounds``). Losses are means over chunks, so numbering is free.
+        Returns ``self`` when it is already in that order (chunk ids that grow along each row).
+        """
+        if self.n_groups == 0:
+            return self
+        order = torch.sort(self.group_spans()[0], stable=True).indices  # [G] old ids by first position
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(self.n_groups, device=order.device)  # [G] old id → new id
+        t_group = rank[self.teacher_group]  # [P_t]
+        t_order = torch.sort(t_group, stable=True).indices  # [P_t] positions stay ascending per chunk
+        dev = order.device
+        same_s = bool((order == torch.arange(self.n_groups, device=dev)).all())
+        if same_s and bool((t_order == torch.arange(t_order.shape[0], device=dev)).all()):
+            return self
+        return ChunkLayout(
+            n_groups=self.n_groups,
+            student_pos=self.student_pos,
+            student_group=rank[self.student_group],
+            student_count=self.student_count[order],
+            teacher_pos=self.teacher_pos[t_order],
+            teacher_group=t_group[t_order],
+            teacher_count=self.teacher_count[order],
+        )
+
+    def teacher_bounds(self) -> list[int]:
+        """``G + 1`` offsets: chunk ``g``'s teacher entries are ``[b[g], b[g + 1])`` (on an ``ordered`` layout)."""
+        return [0, *torch.cumsum(self.teacher_count, 0).tolist()]
+
+    def window(self, local: Tensor, students: tuple[int, int], groups: tuple[int, int],
+               teachers: tuple[int, int]) -> ChunkLayout:
+        """The chunks ``groups = (ga, gb)`` alone, renumbered from 0, on an ``ordered`` layout.
+
+        ``students``/``teachers`` are their entry ranges; ``local [p]`` replaces the student positions
+        (the rows of a slice's logits that hold them). The teacher positions stay flat ``B * Tt`` indices.
+        """
+        (pa, pb), (ga, gb), (ta, tb) = students, groups, teachers
+        return ChunkLayout(
+            n_groups=gb - ga,
+            student_pos=local,
+            student_group=self.student_group[pa:pb] - ga,
+            student_count=self.student_count[ga:gb],
+            teacher_pos=self.teacher_pos[ta:tb],
+            teacher_group=self.teacher_group[ta:tb] - ga,
+            teacher_count=self.teacher_count[ga:gb],
+        )
+
 
 def _keys(chunk: Tensor, n_chunks: int) -> tuple[Tensor, Tensor]:
     """Global chunk key ``b * C + c`` and flat position of every position that has a chunk."""

@@ -27,21 +27,23 @@ from torch import Tensor, nn
 
 from xtalign.losses.chunks import ChunkLayout, group_mean
 from xtalign.losses.config import Direction, GoldConfig, ULDConfig
-from xtalign.losses.kl import check_chunked_inputs, check_temperature, zero_loss
+from xtalign.losses.kl import check_chunk_shapes, check_chunked_inputs, check_temperature, zero_loss
 from xtalign.losses.projection import common_pairs
-from xtalign.losses.types import LOG_FLOOR, SparseProjection, TeacherTopK
+from xtalign.losses.stages import PreparedLoss, Window, compute_dtype, mean_or_zero, teacher_rows
+from xtalign.losses.types import SparseProjection, TeacherTopK
 
-__all__ = ["GoldLoss", "ULDLoss"]
+__all__ = ["GoldLoss", "PreparedChunked", "ULDLoss"]
 
 
 class _PooledTeacher:
-    """Chunk-pooled teacher log-probs: ``base [G]`` everywhere, except ``val [U]`` at ``(group, id) [U]``."""
+    """Chunk-pooled teacher log-probs: ``base [G]`` everywhere, except ``val [U]`` at ``(group, id) [U]``.
 
-    def __init__(self, teacher: TeacherTopK, layout: ChunkLayout, dtype: torch.dtype) -> None:
-        k, v_t = teacher.k, teacher.vocab_size
-        lp = teacher.logprobs(dtype).reshape(-1, k)[layout.teacher_pos].clamp_min(LOG_FLOOR)  # [P_t, K]
-        ids = teacher.ids.reshape(-1, k)[layout.teacher_pos].long()  # [P_t, K]
-        fill = teacher.fill_logprob(dtype).reshape(-1)[layout.teacher_pos]  # [P_t]
+    ``lp [P_t, K]`` (floored), ``ids [P_t, K]``, ``fill [P_t]`` are the rows of ``layout``'s teacher entries.
+    """
+
+    def __init__(self, lp: Tensor, ids: Tensor, fill: Tensor, layout: ChunkLayout, vocab_size: int) -> None:
+        dtype, v_t = lp.dtype, vocab_size
+        self.vocab_size = vocab_size
         self.base = group_mean(fill, layout.teacher_group, layout.teacher_count)  # [G]
         key = layout.teacher_group[:, None] * v_t + ids  # [P_t, K]
         uniq, inverse = torch.unique(key.reshape(-1), return_inverse=True)  # [U] sorted by (group, id)
@@ -55,8 +57,9 @@ class _PooledTeacher:
 
 
 def _pooled_student(student_logits: Tensor, layout: ChunkLayout, temperature: float) -> Tensor:
-    cd = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    z = student_logits.reshape(-1, student_logits.shape[-1])  # [B*Ts, V_s] view
+    """``[G, V_s]`` chunk means of ``log_softmax(z / T)``; ``student_logits`` is ``[N, V_s]`` or ``[B, T, V_s]``."""
+    cd = compute_dtype(student_logits.dtype)
+    z = student_logits.reshape(-1, student_logits.shape[-1])  # [N, V_s] view
     if layout.student_pos.shape[0] != z.shape[0]:  # gather only when some positions are left out
         z = z[layout.student_pos]  # [P_s, V_s]
     if temperature != 1.0:
@@ -128,13 +131,21 @@ class ULDLoss(nn.Module):
         """Same inputs as ``PKLLoss.forward``. Returns a scalar."""
         check_temperature(teacher, self.config.temperature)
         check_chunked_inputs(student_logits, teacher, student_chunk, teacher_chunk)
-        layout = ChunkLayout.build(student_chunk, teacher_chunk)
-        if layout.n_groups == 0:
+        prepared = self.prepare(teacher, student_chunk, teacher_chunk, compute_dtype(student_logits.dtype))
+        if prepared.n_groups == 0:
             return zero_loss(student_logits)
-        ls = _pooled_student(student_logits, layout, self.config.temperature)  # [G, V_s]
-        t = _PooledTeacher(teacher, layout, ls.dtype)
-        l1 = _uld_l1(ls, t, None, None, teacher.vocab_size, self.config.cap)  # [G]
-        return l1.mean() * self.config.temperature**2
+        return prepared.run(student_logits.reshape(-1, student_logits.shape[-1]))
+
+    def prepare(
+        self, teacher: TeacherTopK, student_chunk: Tensor, teacher_chunk: Tensor, dtype: torch.dtype = torch.float32
+    ) -> PreparedChunked:
+        """Teacher side of one batch (no student logits); ``dtype`` is the compute dtype of the loss."""
+        check_temperature(teacher, self.config.temperature)
+        return PreparedChunked(self, teacher, (student_chunk, teacher_chunk), dtype, None)
+
+    def chunk_values(self, ls: Tensor, t: _PooledTeacher) -> Tensor:
+        """``[G]`` L1 of each chunk from the pooled student ``ls [G, V_s]`` and teacher ``t``."""
+        return _uld_l1(ls, t, None, None, t.vocab_size, self.config.cap)
 
 
 class GoldLoss(nn.Module):
@@ -164,19 +175,31 @@ class GoldLoss(nn.Module):
         self, student_logits: Tensor, teacher: TeacherTopK, student_chunk: Tensor, teacher_chunk: Tensor
     ) -> Tensor:
         """Same inputs as ``PKLLoss.forward``. Returns a scalar."""
-        cfg = self.config
-        check_temperature(teacher, cfg.temperature)
-        if (
-            teacher.vocab_size != self.teacher_vocab_size
-            or student_logits.shape[-1] != self.s_common.shape[0]
-        ):
+        check_temperature(teacher, self.config.temperature)
+        if student_logits.shape[-1] != self.s_common.shape[0]:
             raise ValueError("GoldLoss: student/teacher vocabulary sizes do not match the projection")
+        self._check_teacher(teacher)
         check_chunked_inputs(student_logits, teacher, student_chunk, teacher_chunk)
-        layout = ChunkLayout.build(student_chunk, teacher_chunk)
-        if layout.n_groups == 0:
+        prepared = self.prepare(teacher, student_chunk, teacher_chunk, compute_dtype(student_logits.dtype))
+        if prepared.n_groups == 0:
             return zero_loss(student_logits)
-        ls = _pooled_student(student_logits, layout, cfg.temperature)  # [G, V_s]
-        t = _PooledTeacher(teacher, layout, ls.dtype)
+        return prepared.run(student_logits.reshape(-1, student_logits.shape[-1]))
+
+    def prepare(
+        self, teacher: TeacherTopK, student_chunk: Tensor, teacher_chunk: Tensor, dtype: torch.dtype = torch.float32
+    ) -> PreparedChunked:
+        """Teacher side of one batch (no student logits); ``dtype`` is the compute dtype of the loss."""
+        self._check_teacher(teacher)
+        return PreparedChunked(self, teacher, (student_chunk, teacher_chunk), dtype, int(self.s_common.shape[0]))
+
+    def _check_teacher(self, teacher: TeacherTopK) -> None:
+        check_temperature(teacher, self.config.temperature)
+        if teacher.vocab_size != self.teacher_vocab_size:
+            raise ValueError("GoldLoss: student/teacher vocabulary sizes do not match the projection")
+
+    def chunk_values(self, ls: Tensor, t: _PooledTeacher) -> Tensor:
+        """``[G]`` common KL + ULD term of each chunk from the pooled student ``ls [G, V_s]`` and teacher ``t``."""
+        cfg = self.config
         per_chunk = torch.zeros_like(t.base)  # [G]
         if cfg.common_weight > 0 and self.common_student.numel():
             kl = _common_kl(ls, t, self.s_common, self.common_student, self.t2c, cfg.direction)
@@ -184,4 +207,45 @@ class GoldLoss(nn.Module):
         if cfg.uld_weight > 0:
             l1 = _uld_l1(ls, t, self.s_common, self.t2c, self.teacher_vocab_size, cfg.uld_cap)
             per_chunk = per_chunk + cfg.uld_weight * l1
-        return per_chunk.mean() * cfg.temperature**2
+        return per_chunk
+
+
+class PreparedChunked(PreparedLoss):
+    """GOLD / H-KL or ULD of one batch, teacher side done; ``values`` = each chunk's loss in a window.
+
+    The full-vocabulary chunk mean ``mean_i log_softmax(z_i / T)`` (needed before ULD's sort and by the
+    reverse common KL) is formed inside the window: a window never splits a chunk, so every chunk's
+    whole-vocabulary work stays inside one slice and only ``[g]`` values leave it.
+    """
+
+    def __init__(
+        self,
+        loss: GoldLoss | ULDLoss,
+        teacher: TeacherTopK,
+        chunks: tuple[Tensor, Tensor],
+        dtype: torch.dtype,
+        student_vocab_size: int | None,
+    ) -> None:
+        check_chunk_shapes(tuple(chunks[0].shape), teacher, *chunks)
+        self.loss, self.vocab_size = loss, teacher.vocab_size
+        self.layout = ChunkLayout.build(*chunks).ordered()
+        self.lp, self.ids, self.fill = teacher_rows(teacher, self.layout.teacher_pos, dtype)  # [P_t, K] ...
+        self.positions = self.layout.student_pos  # [P_s]
+        self.group_first, self.group_last = self.layout.group_spans()  # [G], [G]
+        self.t_bounds = self.layout.teacher_bounds()
+        self.student_vocab_size = student_vocab_size
+
+    def part(self, window: Window) -> tuple[ChunkLayout, _PooledTeacher]:
+        ga, gb = window.groups
+        ta, tb = self.t_bounds[ga], self.t_bounds[gb]
+        layout = self.layout.window(window.local, window.students, window.groups, (ta, tb))
+        pooled = _PooledTeacher(self.lp[ta:tb], self.ids[ta:tb], self.fill[ta:tb], layout, self.vocab_size)
+        return layout, pooled
+
+    def values(self, z: Tensor, part: tuple[ChunkLayout, _PooledTeacher], extra: Tensor | None) -> Tensor:
+        layout, pooled = part
+        ls = _pooled_student(z, layout, self.loss.config.temperature)  # [g, V_s]
+        return self.loss.chunk_values(ls, pooled)  # [g]
+
+    def reduce(self, values: Tensor) -> Tensor:
+        return mean_or_zero(values, self.loss.config.temperature**2)

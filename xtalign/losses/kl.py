@@ -9,10 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xtalign.losses.config import Direction, TopKKLConfig
+from xtalign.losses.stages import PreparedLoss, Window, compute_dtype, mean_or_zero, take_rows
 from xtalign.losses.types import TeacherTopK, log1mexp
 
 __all__ = [
+    "PreparedCE",
+    "PreparedTopK",
     "TopKKLLoss",
+    "check_chunk_shapes",
     "check_chunked_inputs",
     "check_temperature",
     "kl_from_logprobs",
@@ -55,9 +59,21 @@ def check_chunked_inputs(
     student_logits: Tensor, teacher: TeacherTopK, student_chunk: Tensor, teacher_chunk: Tensor
 ) -> None:
     """Refuse mismatches: logits ``[B, Ts, V]`` vs ``student_chunk [B, Ts]``, teacher vs ``[B, Tt]``."""
-    if student_logits.dim() != 3 or student_logits.shape[:2] != student_chunk.shape:
+    if student_logits.dim() != 3:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} do not match "
+            f"student_chunk {tuple(student_chunk.shape)}"
+        )
+    check_chunk_shapes(tuple(student_logits.shape), teacher, student_chunk, teacher_chunk)
+
+
+def check_chunk_shapes(
+    student_shape: tuple[int, ...], teacher: TeacherTopK, student_chunk: Tensor, teacher_chunk: Tensor
+) -> None:
+    """Refuse ``student_chunk`` not ``[B, Ts]`` of ``student_shape [B, Ts, ...]`` or a teacher not on ``[B, Tt]``."""
+    if tuple(student_shape[:2]) != tuple(student_chunk.shape):
+        raise ValueError(
+            f"student logits {tuple(student_shape)} do not match "
             f"student_chunk {tuple(student_chunk.shape)}"
         )
     if teacher.logits.shape[:2] != teacher_chunk.shape:
@@ -74,10 +90,31 @@ def next_token_ce(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     at ``t`` predict); ``ignore_index`` positions are skipped. Computed in the logits' dtype (no fp32
     copy of the logits is made here). Returns a connected 0 when no position counts.
     """
-    flat_t = targets.reshape(-1)  # [B*T]
-    if not bool((flat_t != ignore_index).any()):
+    prepared = PreparedCE(targets, ignore_index)
+    if prepared.n_groups == 0:
         return zero_loss(logits)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat_t.long(), ignore_index=ignore_index)
+    return prepared.run(logits.reshape(-1, logits.shape[-1]))
+
+
+class PreparedCE(PreparedLoss):
+    """The CE as a prepared loss: per position ``logsumexp(z) − z[target]``, then the mean."""
+
+    def __init__(self, targets: Tensor, ignore_index: int = -100) -> None:
+        flat = targets.reshape(-1)  # [B*T]
+        self.positions = torch.nonzero(flat != ignore_index).squeeze(1)  # [P]
+        self.group_first = self.group_last = self.positions
+        self.targets = flat[self.positions].long()  # [P]
+
+    def part(self, window: Window) -> tuple[Tensor, Tensor]:
+        pa, pb = window.students
+        return window.local, self.targets[pa:pb]
+
+    def values(self, z: Tensor, part: tuple[Tensor, Tensor], extra: Tensor | None) -> Tensor:
+        local, targets = part
+        return F.cross_entropy(take_rows(z, local), targets, reduction="none")  # [p] nats
+
+    def reduce(self, values: Tensor) -> Tensor:
+        return mean_or_zero(values)
 
 
 class TopKKLLoss(nn.Module):
@@ -97,30 +134,55 @@ class TopKKLLoss(nn.Module):
     def forward(self, student_logits: Tensor, teacher: TeacherTopK, mask: Tensor | None = None) -> Tensor:
         """``student_logits [B, T, V]``, ``teacher`` on the same ``[B, T]`` positions and vocabulary,
         ``mask [B, T]`` bool (True = counted; default all). Returns a scalar."""
-        cfg = self.config
-        check_temperature(teacher, cfg.temperature)
         if teacher.logits.shape[:2] != student_logits.shape[:2]:
             raise ValueError("TopKKLLoss: teacher and student must cover the same [B, T] positions")
-        cd = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-        keep = torch.ones(student_logits.shape[:2], dtype=torch.bool, device=student_logits.device)
-        keep = keep if mask is None else mask.bool()
-        if not bool(keep.any()):
+        prepared = self.prepare(teacher, mask, compute_dtype(student_logits.dtype))
+        if prepared.n_groups == 0:
             return zero_loss(student_logits)
-        all_kept = bool(keep.all())
-        z = (
-            student_logits.reshape(-1, student_logits.shape[-1]) if all_kept else student_logits[keep]
-        )  # [N, V]
+        return prepared.run(student_logits.reshape(-1, student_logits.shape[-1]))
+
+    def prepare(
+        self, teacher: TeacherTopK, mask: Tensor | None = None, dtype: torch.dtype = torch.float32
+    ) -> PreparedTopK:
+        """Teacher side of one batch; ``dtype`` is the compute dtype (``compute_dtype`` of the logits)."""
+        check_temperature(teacher, self.config.temperature)
+        if mask is not None and mask.shape != teacher.logits.shape[:2]:
+            raise ValueError(f"TopKKLLoss: mask {tuple(mask.shape)} must be [B, T] like the teacher")
+        return PreparedTopK(self.config, teacher, mask, dtype)
+
+
+class PreparedTopK(PreparedLoss):
+    """The top-k KL as a prepared loss: every counted position is its own group."""
+
+    def __init__(self, config: TopKKLConfig, teacher: TeacherTopK, mask: Tensor | None, dtype: torch.dtype) -> None:
+        self.config = config
+        keep = torch.ones(teacher.logits.shape[:2], dtype=torch.bool, device=teacher.logits.device)
+        keep = keep if mask is None else mask.bool()
+        self.positions = torch.nonzero(keep.reshape(-1)).squeeze(1)  # [P]
+        self.group_first = self.group_last = self.positions
+        k = teacher.k
+        self.ids = teacher.ids.reshape(-1, k)[self.positions].long()  # [P, K]
+        self.lt = teacher.logprobs(dtype).reshape(-1, k)[self.positions]  # [P, K]
+
+    def part(self, window: Window) -> tuple[Tensor, Tensor, Tensor]:
+        pa, pb = window.students
+        return window.local, self.ids[pa:pb], self.lt[pa:pb]
+
+    def values(self, z: Tensor, part: tuple[Tensor, Tensor, Tensor], extra: Tensor | None) -> Tensor:
+        cfg = self.config
+        local, ids, lt = part
+        z = take_rows(z, local)  # [p, V]
         if cfg.temperature != 1.0:
             z = z / cfg.temperature
-        ls_all = F.log_softmax(z, dim=-1, dtype=cd)  # [N, V] the one autograd keeps
-        ids = teacher.ids[keep].long()  # [N, K]
-        ls = ls_all.gather(1, ids)  # [N, K]
-        lt = teacher.logprobs(cd)[keep]  # [N, K]
+        ls_all = F.log_softmax(z, dim=-1, dtype=lt.dtype)  # [p, V] the one autograd keeps
+        ls = ls_all.gather(1, ids)  # [p, K]
         if cfg.tail == "renormalize":
             ls = ls - torch.logsumexp(ls, -1, keepdim=True)
             lt = lt - torch.logsumexp(lt, -1, keepdim=True)
         else:
-            ls = torch.cat([ls, log1mexp(torch.logsumexp(ls, -1, keepdim=True))], dim=-1)  # [N, K+1]
-            lt = torch.cat([lt, log1mexp(torch.logsumexp(lt, -1, keepdim=True))], dim=-1)  # [N, K+1]
-        kl = kl_from_logprobs(lt, ls, cfg.direction)  # [N]
-        return kl.mean() * cfg.temperature**2
+            ls = torch.cat([ls, log1mexp(torch.logsumexp(ls, -1, keepdim=True))], dim=-1)  # [p, K+1]
+            lt = torch.cat([lt, log1mexp(torch.logsumexp(lt, -1, keepdim=True))], dim=-1)  # [p, K+1]
+        return kl_from_logprobs(lt, ls, cfg.direction)  # [p]
+
+    def reduce(self, values: Tensor) -> Tensor:
+        return mean_or_zero(values, self.config.temperature**2)

