@@ -16,9 +16,15 @@ run, with glibc's mmap threshold lowered so that large freed buffers return to t
 clear_refs it falls back to ``ru_maxrss``, which cannot be reset: then the setup peak may hide part of
 the figure and the JSON says so).
 
-    python benchmarks/bench_pkl.py                     # CPU at T=512 (+ CUDA at T=2048 when available)
-    python benchmarks/bench_pkl.py --seq 2048 --device cpu --runs 3
-Results go to out/bench/pkl.json (git sha, date, versions, hardware, figures).
+    .venv/bin/python benchmarks/bench_pkl.py                # CPU at T=512 (+ CUDA at T=2048 when available)
+    .venv/bin/python benchmarks/bench_pkl.py --seq 2048     # the README's CPU figures
+    .venv/bin/python benchmarks/bench_pkl.py --seq 2048 --device cpu --runs 3
+    .venv/bin/python benchmarks/bench_pkl.py --smoke --out /tmp/pkl.json --allow-dirty
+
+The parent takes the provenance when it starts, runs the children (they only measure) and writes the results
+to benchmarks/results/pkl.json: per variant and device the spread of the timed runs (median, quartiles, IQR,
+min, max, values), the peak memory and the loss, and the ratios of the medians. `--smoke`: V_s = V_t =
+4,096, T = 128, 1 run, no warm-up (not a result).
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ import gc
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -39,17 +44,17 @@ from typing import Any
 
 import torch
 
-from xtalign.cli.common import provenance
-from xtalign.losses import PKLConfig, SparseProjection, TeacherTopK
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import begin, parser, ratio, spread, write_results  # noqa: E402
+from xtalign.losses import PKLConfig, SparseProjection, TeacherTopK  # noqa: E402
+
 VARIANTS = {"naive": "straightforward", "fast": "xtalign fast path"}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args() -> argparse.Namespace:
+    ap = parser("pkl", __doc__)
     ap.add_argument("--seq", type=int, default=None, help="tokens T (default: 512 on CPU, 2048 on CUDA)")
     ap.add_argument("--vs", type=int, default=128_256, help="student vocabulary size")
     ap.add_argument("--vt", type=int, default=151_936, help="teacher vocabulary size")
@@ -60,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="student logits dtype"
     )
-    ap.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs of each variant (their spread is reported)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument(
         "--device",
@@ -68,10 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="auto = CPU always, plus CUDA when available",
     )
-    ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "pkl.json")
     ap.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     ap.add_argument("--child-device", default="cpu", help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args()
+    if args.smoke and not args.child:
+        args.vs, args.vt, args.seq, args.runs, args.warmup = 4096, 4096, args.seq or 128, 1, 0
+    return args
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -246,8 +253,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "variant": args.child,
         "device": device,
         "seq": seq,
-        "median_ms": 1000 * statistics.median(times),
-        "min_ms": 1000 * min(times),
+        "times_ms": [1000 * t for t in times],
         "peak_mib": peak / 2**20,
         "peak_exact": cuda or exact_rss,
         "loss": loss_val,
@@ -255,18 +261,15 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def _spawn(argv: list[str] | None, variant: str, device: str, seq: int) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        *(argv or []),
-        "--child",
-        variant,
-        "--child-device",
-        device,
-        "--seq",
-        str(seq),
-    ]
+CHILD_OPTIONS = ("vs", "vt", "teacher_k", "w_k", "cap", "temperature", "dtype", "runs", "warmup")
+
+
+def _spawn(args: argparse.Namespace, variant: str, device: str, seq: int) -> dict[str, Any]:
+    """One variant in its own process (the parent's sizes passed on explicitly); the child's RESULT line."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--child-device", device,
+           "--seq", str(seq)]
+    for name in CHILD_OPTIONS:
+        cmd += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     for line in out.stdout.splitlines():
@@ -288,14 +291,14 @@ def _table(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         lines.append(
-            f"{r['device']:<6} {r['seq']:>5} {VARIANTS[r['variant']]:<18} {r['median_ms']:>10.1f} "
-            f"{r['min_ms']:>9.1f} {r['peak_mib']:>9.0f} {r['loss']:>12.6f}"
+            f"{r['device']:<6} {r['seq']:>5} {VARIANTS[r['variant']]:<18} {r['ms']['median']:>10.1f} "
+            f"{r['ms']['min']:>9.1f} {r['peak_mib']:>9.0f} {r['loss']:>12.6f}"
         )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main() -> int:
+    args = parse_args()
     if args.child:
         warnings.filterwarnings("ignore", message=".*[Ss]parse.*")  # torch's beta/invariant-check notices
         args.seq = args.seq or 512
@@ -307,14 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     if "cuda" in devices and not torch.cuda.is_available():
         print("CUDA requested but not available", file=sys.stderr)
         return 2
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    results, ratios = [], {}
+    prov = begin(args, "bench_pkl.py")
+    results, ratios, seqs = [], {}, {}
     for device in devices:
-        seq = args.seq or (2048 if device == "cuda" else 512)
-        pair = {v: _spawn(_strip(passthrough), v, device, seq) for v in ("naive", "fast")}
+        seq = seqs[device] = args.seq or (2048 if device == "cuda" else 512)
+        pair = {v: _spawn(args, v, device, seq) for v in ("naive", "fast")}
+        for r in pair.values():
+            r["ms"] = spread(r.pop("times_ms"))
         results.extend(pair.values())
         ratios[device] = {
-            "time_naive_over_fast": pair["naive"]["median_ms"] / pair["fast"]["median_ms"],
+            "time_naive_over_fast": ratio(pair["naive"]["ms"], pair["fast"]["ms"]),
             "memory_naive_over_fast": pair["naive"]["peak_mib"] / max(pair["fast"]["peak_mib"], 1e-9),
             "loss_rel_diff": abs(pair["naive"]["loss"] - pair["fast"]["loss"])
             / max(abs(pair["naive"]["loss"]), 1e-12),
@@ -325,37 +330,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{device}: straightforward / fast = {r['time_naive_over_fast']:.2f}x time, "
             f"{r['memory_naive_over_fast']:.2f}x peak memory (loss rel. diff {r['loss_rel_diff']:.1e})"
         )
-    record = {
-        "benchmark": "pkl",
-        **provenance(),
-        "torch": torch.__version__,
+    config = {k: getattr(args, k) for k in CHILD_OPTIONS} | {"devices": devices, "seq": seqs}
+    write_results(args, "pkl", prov, {
+        "config": config,
         "hardware": _hardware(),
-        "config": {k: v for k, v in vars(args).items() if k not in ("child", "child_device", "out")},
         "peak_memory": "above inputs; CUDA max_memory_allocated, CPU VmHWM after clear_refs",
+        "definitions": "ms: spread of the timed fwd+bwd runs (after the warm-up) of one child per variant and "
+                       "device; ratios: of the medians",
         "results": results,
         "ratios": ratios,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    })
     return 0
 
 
-def _strip(argv: list[str]) -> list[str]:
-    """Drop the driver-only flags (--device, --seq, --out) before passing the rest to a child."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--device", "--seq", "--out"):
-            skip = True
-            continue
-        if a.split("=", 1)[0] in ("--device", "--seq", "--out"):
-            continue
-        out.append(a)
-    return out
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

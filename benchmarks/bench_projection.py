@@ -1,19 +1,20 @@
 """Benchmark `xtalign build-projection`: the whole command (wall, peak RSS) and the build alone.
 
-    .venv/bin/python benchmarks/bench_projection.py                       # llama3 x qwen3, 3 CLI runs
+    .venv/bin/python benchmarks/bench_projection.py                       # llama3 x qwen3, 3 CLI runs, 5 builds
+    .venv/bin/python benchmarks/bench_projection.py --runs 5
     .venv/bin/python benchmarks/bench_projection.py --student gemma3 --teacher llama3 --runs 5
+    .venv/bin/python benchmarks/bench_projection.py --smoke --out /tmp/projection.json --allow-dirty
 
 Targets (llama3 x qwen3, artifacts cached, 2 CPU cores): the command <= 10 s wall and <= 1 GB peak
 RSS; the sparse construction with tokenizers preloaded < 1 s. Each CLI run is its own process, measured
-with os.wait4 (wall clock, and that child's own ru_maxrss). Prints the figures and writes JSON with
-provenance (git sha, date, versions, hardware) to --out.
+with os.wait4 (wall clock, and that child's own ru_maxrss). Prints the figures and writes them, each timed
+one with its spread (median, quartiles, IQR, min, max, values) and the provenance taken at the start, to
+benchmarks/results/projection.json. `--smoke`: 1 CLI run and 1 build after the first (not a result).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,14 @@ import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import begin, parser, spread, write_results  # noqa: E402
+
+TARGETS = {"wall_s": 10.0, "peak_rss_mib": 1024}
+BUILD_TARGET_S = 1.0
 
 
 def cli_run(student: str, teacher: str, out: Path) -> dict[str, float]:
@@ -63,15 +72,14 @@ def in_process(student_name: str, teacher_name: str, runs: int) -> dict[str, Any
     t0 = time.perf_counter()
     encode_exact(student, reverse)
     rev_s = time.perf_counter() - t0
-    return {"load_tokenizers_s": load_s, "first_build_s": times[0], "build_s": times[1:],
-            "build_median_s": statistics.median(times[1:]), "reencode_forward_s": fwd_s,
-            "reencode_reverse_s": rev_s, "forward_tokens": len(forward), "reverse_tokens": len(reverse),
-            "stats": proj.stats}
+    return {"load_tokenizers_s": load_s, "first_build_s": times[0], "build_s": spread(times[1:]),
+            "reencode_forward_s": fwd_s, "reencode_reverse_s": rev_s, "forward_tokens": len(forward),
+            "reverse_tokens": len(reverse), "stats": proj.stats}
 
 
 def hardware() -> dict[str, Any]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"memory_gib": round(mem, 1), "load_avg_1m": os.getloadavg()[0]}
+    return {"memory_gib": round(mem, 1)}
 
 
 def versions() -> dict[str, str]:
@@ -85,39 +93,38 @@ def versions() -> dict[str, str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--student", default="llama3")
-    ap.add_argument("--teacher", default="qwen3")
-    ap.add_argument("--runs", type=int, default=3, help="CLI runs (median reported); the build alone runs 5 times")
-    ap.add_argument("--out", type=Path, default=Path("out/bench/projection.json"))
-    args = ap.parse_args()
-    from xtalign.cli.common import dump_json, provenance
-
-    build = in_process(args.student, args.teacher, runs=5)  # also makes sure the artifacts are cached
+    p = parser("projection", __doc__)
+    p.add_argument("--student", default="llama3")
+    p.add_argument("--teacher", default="qwen3")
+    p.add_argument("--runs", type=int, default=3, help="CLI runs, each its own process")
+    p.add_argument("--build-runs", type=int, default=5, help="builds alone, after a first one that fills caches")
+    args = p.parse_args()
+    if args.smoke:
+        args.runs, args.build_runs = 1, 1
+    prov = begin(args, "bench_projection.py")
+    build = in_process(args.student, args.teacher, runs=args.build_runs)  # also makes sure the artifacts are cached
     with tempfile.TemporaryDirectory() as tmp:
         cli = [cli_run(args.student, args.teacher, Path(tmp) / "w.safetensors") for _ in range(args.runs)]
-    result = {
-        "benchmark": "build-projection", "student": args.student, "teacher": args.teacher,
-        "cli": {"runs": cli, "wall_median_s": statistics.median(r["wall_s"] for r in cli),
-                "peak_rss_median_mib": statistics.median(r["peak_rss_mib"] for r in cli),
-                "targets": {"wall_s": 10.0, "peak_rss_mib": 1024}},
-        "build_alone": {**build, "target_s": 1.0},
-        "provenance": provenance(), "versions": versions(), "hardware": hardware(),
-    }
-    print(f"{args.student} x {args.teacher} on {result['provenance']['cpu_count']} CPUs "
-          f"(load {result['hardware']['load_avg_1m']:.2f})")
-    print(f"  xtalign build-projection: wall median {result['cli']['wall_median_s']:.2f} s "
+    wall, rss = spread([r["wall_s"] for r in cli]), spread([r["peak_rss_mib"] for r in cli])
+    built = build["build_s"]
+    print(f"{args.student} x {args.teacher} on {prov['cpu_count']} CPUs (load {prov['load_average_1min_start']:.2f})")
+    print(f"  xtalign build-projection: wall median {wall['median']:.2f} s "
           f"(runs {', '.join(format(r['wall_s'], '.2f') for r in cli)}), peak RSS median "
-          f"{result['cli']['peak_rss_median_mib']:.0f} MiB   [targets <= 10 s, <= 1024 MiB]")
-    print(f"  build alone (preloaded): median {build['build_median_s']:.3f} s of {len(build['build_s'])}, first "
-          f"{build['first_build_s']:.3f} s   [target < 1 s]")
+          f"{rss['median']:.0f} MiB   [targets <= {TARGETS['wall_s']:.0f} s, <= {TARGETS['peak_rss_mib']} MiB]")
+    print(f"  build alone (preloaded): median {built['median']:.3f} s of {built['n']} (IQR {built['iqr']:.3f}, "
+          f"min {built['min']:.3f}, max {built['max']:.3f}), first {build['first_build_s']:.3f} s   "
+          f"[target < {BUILD_TARGET_S:.0f} s]")
     print(f"    re-encoding: forward {build['forward_tokens']:,} tokens {build['reencode_forward_s']:.3f} s, "
           f"reverse {build['reverse_tokens']:,} tokens {build['reencode_reverse_s']:.3f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    dump_json(args.out, result)
-    print(f"wrote {args.out}")
+    write_results(args, "projection", prov, {
+        "config": {"student": args.student, "teacher": args.teacher, "runs": args.runs,
+                   "build_runs": args.build_runs},
+        "cli": {"wall_s": wall, "peak_rss_mib": rss, "runs": cli, "targets": TARGETS,
+                "met": wall["median"] <= TARGETS["wall_s"] and rss["median"] <= TARGETS["peak_rss_mib"]},
+        "build_alone": {**build, "target_s": BUILD_TARGET_S, "met": built["median"] < BUILD_TARGET_S},
+        "versions": versions(), "hardware": hardware()})
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
-"""benchmarks/common.py and the four measured benchmarks (engine, teacher memory, Ray, data): the shared helpers
-(spread, provenance at the start with the dirty-tree refusal, results JSON, phase clock, step figures), the
-full-logits baseline teacher against `TeacherWorker`, the data slices, and a `--smoke` run of each script."""
+"""benchmarks/common.py and the measured benchmarks (engine, teacher memory, Ray, data, overlap, projection,
+align, P-KL): the shared helpers (spread, provenance at the start with the dirty-tree refusal, results JSON,
+phase clock, step figures), the full-logits baseline teacher against `TeacherWorker`, the data slices, and a
+`--smoke` run of each script."""
 
 from __future__ import annotations
 
@@ -252,3 +253,50 @@ def test_bench_ray_smoke(tmp_path: Path) -> None:
     assert set(s) >= {"local-1", "local-2", "ray-sync", "ray-async", "ratios", "async_bound_from_local_1_split"}
     t = rec["transport"]
     assert t["topk"]["bytes"] < t["full_fp32"]["bytes"] and t["topk"]["put_and_fetch_s"]["n"] == 2
+
+
+# --- the core benchmarks (overlap, projection, align, P-KL) -----------------------------------------------
+
+
+def _is_spread(s: dict, n: int) -> bool:
+    return {"median", "q1", "q3", "iqr", "min", "max", "values"} <= set(s) and s["n"] == len(s["values"]) == n
+
+
+def test_bench_overlap_smoke(tmp_path: Path) -> None:
+    rec = _smoke("bench_overlap.py", tmp_path / "overlap.json")
+    assert rec["benchmark"] == "overlap" and rec["target_s"] == 20.0
+    assert _is_spread(rec["wall_s"], 1) and 0 < rec["wall_s"]["median"] < 60
+    assert rec["met"] == (rec["wall_s"]["median"] <= 20.0)
+
+
+def test_bench_projection_smoke(tmp_path: Path) -> None:
+    rec = _smoke("bench_projection.py", tmp_path / "projection.json")
+    cli, build = rec["cli"], rec["build_alone"]
+    assert rec["config"]["student"] == "llama3" and rec["config"]["teacher"] == "qwen3"
+    assert _is_spread(cli["wall_s"], 1) and _is_spread(cli["peak_rss_mib"], 1) and cli["peak_rss_mib"]["median"] > 0
+    assert cli["targets"] == {"wall_s": 10.0, "peak_rss_mib": 1024} and len(cli["runs"]) == 1
+    assert _is_spread(build["build_s"], 1) and build["build_s"]["median"] > 0 and build["target_s"] == 1.0
+    assert build["forward_tokens"] > 0 and build["reverse_tokens"] > 0 and build["stats"]
+
+
+def test_bench_align_smoke(tmp_path: Path) -> None:
+    rec = _smoke("bench_align.py", tmp_path / "align.json")
+    assert rec["repeats"] == 1 and rec["tokens_both_sides"] > 0 and len(rec["cases"]) == 3
+    for case in rec["cases"].values():
+        assert _is_spread(case["seconds"], 1) and _is_spread(case["tokens_per_s"], 1)
+        assert case["tokens_per_s"]["median"] > 0
+    assert rec["target"]["target"] == 5e6 and rec["target"]["case"] in rec["cases"]
+    [cmp] = rec["comparisons"]  # --smoke: the main pair only
+    assert (cmp["student"], cmp["teacher"]) == ("llama3", "qwen3") and _is_spread(cmp["exact_tokens_per_s"], 1)
+    assert cmp["baseline"]["exact_chunks"] > 0 and cmp["speedup"] > 0
+
+
+def test_bench_pkl_smoke(tmp_path: Path) -> None:
+    rec = _smoke("bench_pkl.py", tmp_path / "pkl.json", "--device", "cpu")
+    assert rec["config"]["vs"] == rec["config"]["vt"] == 4096 and rec["config"]["seq"] == {"cpu": 128}
+    assert {r["variant"] for r in rec["results"]} == {"naive", "fast"}
+    for r in rec["results"]:
+        assert r["device"] == "cpu" and _is_spread(r["ms"], 1) and r["ms"]["median"] > 0 and r["peak_mib"] > 0
+    naive, fast = sorted(rec["results"], key=lambda r: r["variant"] != "naive")
+    assert abs(naive["loss"] - fast["loss"]) < 1e-3 * abs(naive["loss"])  # the two variants compute the same loss
+    assert rec["ratios"]["cpu"]["time_naive_over_fast"] > 0
