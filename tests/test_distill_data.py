@@ -325,3 +325,24 @@ def test_default_corpus() -> None:
     assert corpus.description == ("botchan: 12 training documents -> 16 samples of <= 16384 characters; "
                                   "1 of 13 documents held out (seed 0) -> 2 held-out samples")
     assert [len(s) for s in corpus.heldout] == [16382, 6294] and corpus.heldout[0].startswith("CHAPTER X.\n")
+
+
+def test_shard_batch_carries_every_per_row_field() -> None:
+    """A rank's share keeps the on-policy fields with its rows (a rank once got the whole batch's targets)."""
+    from xtalign.distill.data.batch import Batch, TeacherSide
+    from xtalign.distill.teacher.wire import shard_batch
+
+    ids = np.arange(4 * 3, dtype=np.int64).reshape(4, 3)
+    cross = TeacherSide(ids=ids + 100, lengths=np.full(4, 3), targets=ids + 200, student_chunk=ids % 2,
+                        teacher_chunk=ids % 3, texts=("a", "b", "c", "d"))
+    same = TeacherSide(ids=ids, lengths=np.full(4, 3), targets=ids + 1)
+    batch = Batch(index=7, sample_ids=np.arange(4), n_bytes=np.arange(4) + 10, student_ids=ids,
+                  student_lengths=np.full(4, 3), student_targets=ids + 1, teachers=(cross, same),
+                  texts=("w", "x", "y", "z"), policy_rows=np.array([True, False, True, False]),
+                  policy_targets=ids + 5, policy_widths=np.array([1, 2, 3, 4]), stats={"generate_s": 1.0})
+    half = shard_batch(batch, 1, 2)
+    assert half.index == 7 and half.stats == {"generate_s": 1.0} and half.texts == ("y", "z")
+    assert half.sample_ids.tolist() == [2, 3] and half.policy_rows.tolist() == [True, False]
+    assert np.array_equal(half.policy_targets, ids[2:] + 5) and half.policy_widths.tolist() == [3, 4]
+    assert np.array_equal(half.teachers[0].ids, ids[2:] + 100) and half.teachers[0].texts == ("c", "d")
+    assert half.teachers[1].ids is half.student_ids  # a same-vocab side still shares the student's ids

@@ -282,3 +282,25 @@ def test_sliced_loss_under_ddp_syncs_like_the_full_logits(tmp_path: Path, cluste
     for a, b in zip(metrics(full), metrics(cut), strict=True):
         for key in ("loss", "ce", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=2e-5, abs=1e-6), (a["step"], key)
+
+
+def test_policy_on_ray_async_and_two_ranks(tmp_path: Path, cluster: None) -> None:
+    """On-policy rows on Ray: with `ray.async` the teachers score batch n+1 (sampled before step n's update)
+    while the student steps on n, so only the first step is the sync run's; with 2 ranks each rank samples."""
+    import math
+
+    policy = {"mode": "on", "max_new_tokens": 8, "prompt_chars": 40}
+    sync, asyn, two = tmp_path / "sync", tmp_path / "async", tmp_path / "two"
+    cfg = ray_config(tmp_path, steps=3, batch_size=4, policy=policy)
+    assert distill("--config", cfg, "--out", sync) == 0
+    assert distill("--config", cfg, "ray.async=true", "--out", asyn) == 0
+    assert distill("--config", cfg, "student.num_workers=2", "--out", two) == 0
+    a, b, c = metrics(sync), metrics(asyn), metrics(two)
+    assert a[0]["loss"] == b[0]["loss"]  # the same first samples from the same initial student
+    for r in (*a, *b, *c):
+        assert math.isfinite(r["loss"])
+        assert 0 < r["policy"]["mean_completion_tokens"] <= 8 and r["policy"]["generate_tokens_per_s"] > 0
+    assert all(r["time"]["generate"] > 0 for r in (*a, *c))
+    # async: a step is charged the sampling it does for the next one, so the last step samples nothing
+    assert [r["time"]["generate"] > 0 for r in b] == [True, True, False]
+    assert len(json.loads((two / "workers.json").read_text())) == 3

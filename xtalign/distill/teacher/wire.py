@@ -9,13 +9,12 @@ among teacher replicas and data-parallel student ranks.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from xtalign.distill.data.batch import Batch, TeacherSide
+from xtalign.distill.data.batch import Batch, take_rows
 from xtalign.losses import TeacherTopK
 
 __all__ = ["answer_nbytes", "concat_topk", "pack_topk", "packed_nbytes", "row_cuts", "shard_batch", "shard_rows",
@@ -67,19 +66,6 @@ def row_cuts(batch_size: int, *divisors: int) -> list[int]:
     return sorted(cuts)
 
 
-def _rows(a: np.ndarray | None, rows: slice) -> np.ndarray | None:
-    return None if a is None else np.ascontiguousarray(a[rows])
-
-
-def _shard_side(side: TeacherSide, rows: slice, same_as_student: bool, student_ids: np.ndarray) -> TeacherSide:
-    common = dict(lengths=_rows(side.lengths, rows), targets=_rows(side.targets, rows), ends=_rows(side.ends, rows),
-                  scored=_rows(side.scored, rows), texts=tuple(side.texts[rows]))
-    if same_as_student:
-        return TeacherSide(ids=student_ids, **common)
-    return TeacherSide(ids=_rows(side.ids, rows), student_chunk=_rows(side.student_chunk, rows),
-                       teacher_chunk=_rows(side.teacher_chunk, rows), **common)
-
-
 def shard_rows(batch_size: int, rank: int, world: int) -> slice:
     """Rank `rank`'s equal share of `batch_size` rows."""
     per = batch_size // world
@@ -87,15 +73,9 @@ def shard_rows(batch_size: int, rank: int, world: int) -> slice:
 
 
 def shard_batch(batch: Batch, rank: int, world: int) -> Batch:
-    """Rank `rank`'s equal share of the batch's rows (padding width kept)."""
+    """Rank `rank`'s equal share of the batch's rows, every per-row field with them (padding width kept)."""
     rows = shard_rows(batch.size, rank, world)
-    s_ids = np.ascontiguousarray(batch.student_ids[rows])
-    sides = tuple(_shard_side(t, rows, t.ids is batch.student_ids, s_ids) for t in batch.teachers)
-    return replace(batch, sample_ids=batch.sample_ids[rows], n_bytes=batch.n_bytes[rows], student_ids=s_ids,
-                   student_lengths=batch.student_lengths[rows], student_targets=batch.student_targets[rows],
-                   teachers=sides, texts=tuple(batch.texts[rows]), sources=tuple(batch.sources[rows]),
-                   student_ends=_rows(batch.student_ends, rows), student_scored=_rows(batch.student_scored, rows),
-                   route=None if batch.route is None else np.ascontiguousarray(batch.route[:, rows]))
+    return take_rows(batch, np.arange(rows.start, rows.stop))
 
 
 def shard_topk(out: TeacherTopK, rows: slice) -> TeacherTopK:
