@@ -48,3 +48,22 @@ def test_checked_command_prints_what_the_docs_show(doc: str, command: str, expec
 
 def test_there_are_checked_blocks() -> None:
     assert len(_blocks()) >= 1
+
+
+def test_benchmark_table_quotes_the_committed_results() -> None:
+    """Each row of benchmarks/README.md's performance table that names `benchmarks/results/<name>.json` quotes,
+    as its last cell, what benchmarks/summary.py reads out of that file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_summary", ROOT / "benchmarks" / "summary.py")
+    assert spec is not None and spec.loader is not None
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    cells = summary.cells()
+    quoted = {}
+    for line in (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8").splitlines():
+        named = re.search(r"\| `benchmarks/results/(\w+)\.json` \|", line)
+        if named and named.group(1) in summary.CELLS:
+            quoted[named.group(1)] = line.rstrip().rstrip("|").rsplit("|", 1)[1].strip()
+    for name, cell in cells.items():
+        assert quoted.get(name) == cell, f"benchmarks/README.md: the {name} row does not quote its results file"
