@@ -143,6 +143,15 @@ def _summary(per_seed: dict[int, dict[str, dict[str, Any]]], arm: str) -> dict[s
                           "samples": per_seed[s][arm]["samples"]} for s in per_seed]}
 
 
+def before_row(before: dict[int, dict[str, Any]], per_seed: dict[int, dict[str, dict[str, Any]]],
+               keys: tuple[str, ...]) -> dict[str, Any]:
+    """The untrained student: its samples' figures, and its held-out text bits per byte (step 0 of each seed's
+    off-policy run: every arm of a seed starts from the same student and scores the same held-out rows)."""
+    row = {k: mean_std([before[s][k] for s in before]) for k in keys}
+    return {**row, "heldout_text_bits_per_byte": mean_std([per_seed[s]["off"]["initial"]["bits_per_byte"]
+                                                           for s in per_seed])}
+
+
 def markdown(r: dict[str, Any]) -> str:
     lines = [f"# On-policy distillation on CPU ({short_hardware(r['hardware'])}: {r['hardware']['cpu']})", "",
              f"Student SmolLM2-135M-Instruct <- teacher Gemma-3-270M, data orders {r['seeds']}; code "
@@ -184,8 +193,7 @@ def run_study(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     results = {"mode": "smoke" if args.smoke else "full", "config": rel(CONFIG), "hardware": hw, "provenance": prov,
                "commits": commits([r for s in per_seed.values() for r in s.values()]), "versions": versions(),
                "seeds": list(args.seeds), "prompts": len(prompts),
-               "before": {"label": "the student before training", **{k: mean_std([before[s][k] for s in before])
-                                                                     for k in keys}},
+               "before": {"label": "the student before training", **before_row(before, per_seed, keys)},
                "arms": arms, "wall_s": time.perf_counter() - t0, **finish()}
     write_text_outputs(args.results, "policy_cpu", results, markdown(results))
     return results
