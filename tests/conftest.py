@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.scripts import load_script
 from xtalign.zoo import Tokenizer, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,12 +24,7 @@ def zoo():
 
 
 def _analysis(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_for_tests", ROOT / "analysis" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"analysis/{name}.py", f"{name}_for_tests")
 
 
 @pytest.fixture(scope="session")

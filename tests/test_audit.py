@@ -3,7 +3,6 @@ facts on real zoo tokenizers, the CLI in-process and the study script."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -238,11 +237,9 @@ def test_cli_missing_corpus_is_one_line_exit_2(capsys, tmp_path: Path) -> None:
 
 
 def test_study_script_on_two_tokenizers(tmp_path: Path, capsys) -> None:
-    path = Path(__file__).resolve().parents[1] / "analysis" / "audit_pairs.py"
-    spec = importlib.util.spec_from_file_location("audit_pairs", path)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from tests.scripts import load_script
+
+    mod = load_script("analysis/audit_pairs.py", "audit_pairs")
     assert mod.main(["--tokenizers", "llama3", "qwen3", "--out", str(tmp_path), "--no-copy"]) == 0
     rows = json.loads((tmp_path / "audit_pairs.json").read_text())["pairs"]
     assert [(r["student"], r["teacher"]) for r in rows] == [("llama3", "qwen3"), ("qwen3", "llama3")]

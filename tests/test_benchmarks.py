@@ -6,33 +6,24 @@ phase clock, step figures), the full-logits baseline teacher against `TeacherWor
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _load(name: str, rel: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-common = _load("benchmarks.common", "benchmarks/common.py")
-bench_data = _load("bench_data_under_test", "benchmarks/bench_data.py")
-bench_memory = _load("bench_teacher_memory_under_test", "benchmarks/bench_teacher_memory.py")
-bench_engine = _load("bench_engine_under_test", "benchmarks/bench_engine.py")
+common = load_script("benchmarks/common.py", "benchmarks.common")
+bench_data = load_script("benchmarks/bench_data.py", "bench_data_under_test")
+bench_memory = load_script("benchmarks/bench_teacher_memory.py", "bench_teacher_memory_under_test")
+bench_engine = load_script("benchmarks/bench_engine.py", "bench_engine_under_test")
 
 
 def _smoke(script: str, out: Path, *extra: str, timeout: int = 300) -> dict:

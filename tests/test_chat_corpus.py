@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
-import sys
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.scripts import load_script
 from xtalign.chat import ChatDataError, parse_conversation, read_conversations
 from xtalign.zoo import artifacts
 from xtalign.zoo.artifacts import Artifact
@@ -22,16 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PINNED_SHA256 = "1799d528000db57b61f2789d34913ca62a1a11473913523ad88fb9388759c554"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("chat_corpus_script", ROOT / "analysis" / "chat_corpus.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["chat_corpus_script"] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cc = _load()
+cc = load_script("analysis/chat_corpus.py", "chat_corpus_script")
 
 PROSE = ("It was a bright cold day in April, and the clocks were striking thirteen in the old town. "
          "Nobody in the square looked up from the market stalls.")

@@ -3,30 +3,20 @@ and (slow) the real pinned corpus with its sha256."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED_SHA256 = "b7e362ea81c5c0172806876eb5b60512fcaa2461731166b242cd94a99ba9a916"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("corpus_script", ROOT / "analysis" / "corpus.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["corpus_script"] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-corpus = _load()
+corpus = load_script("analysis/corpus.py", "corpus_script")
 
 
 def _tar(path: Path, files: dict[str, str]) -> Path:

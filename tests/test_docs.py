@@ -54,12 +54,9 @@ def test_benchmark_table_quotes_the_committed_results() -> None:
     """Each row of the performance tables (benchmarks/README.md, README.md) that names
     `benchmarks/results/<name>.json` quotes, as its last cell, what benchmarks/summary.py reads out of that file;
     every results file summary.py knows has its row in both."""
-    import importlib.util
+    from tests.scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("bench_summary", ROOT / "benchmarks" / "summary.py")
-    assert spec is not None and spec.loader is not None
-    summary = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary)
+    summary = load_script("benchmarks/summary.py", "bench_summary")
     cells = summary.cells()
     for doc in ("benchmarks/README.md", "README.md"):
         quoted = {}

@@ -11,26 +11,17 @@ import importlib.util
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, rel: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-et = _load("eval_table_under_test", "benchmarks/eval_table.py")
-fig = _load("eval_table_figure_under_test", "figures/eval_table.py")
+et = load_script("benchmarks/eval_table.py", "eval_table_under_test")
+fig = load_script("figures/eval_table.py", "eval_table_figure_under_test")
 runs = importlib.import_module("distill_runs")  # benchmarks/ is on sys.path once eval_table.py is loaded
 rows_mod = importlib.import_module("eval_rows")
 

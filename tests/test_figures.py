@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _load(rel: str) -> ModuleType:
-    name = "fig_" + Path(rel).stem
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(rel, "fig_" + Path(rel).stem)
 
 
 def _is_small_png(path: Path) -> bool:

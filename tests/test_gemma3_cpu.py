@@ -5,29 +5,20 @@ are refused in one line before anything runs, the results and markdown from know
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 HW = {"device": "cpu", "cpu": "Test CPU", "cpu_count": 2, "gpu": None}
 
 
-def _load(name: str, rel: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-g3 = _load("gemma3_cpu_under_test", "benchmarks/gemma3_cpu.py")
+g3 = load_script("benchmarks/gemma3_cpu.py", "gemma3_cpu_under_test")
 runs_mod = sys.modules["distill_runs"]  # benchmarks/ is on sys.path once gemma3_cpu.py is loaded
 CLASSES = sys.modules["eval_rows"].CLASSES
 

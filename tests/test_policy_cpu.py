@@ -4,28 +4,18 @@ figures, the untrained student's included."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, rel: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pc = _load("policy_cpu_under_test", "benchmarks/policy_cpu.py")
+pc = load_script("benchmarks/policy_cpu.py", "policy_cpu_under_test")
 
 
 def test_the_arms_differ_only_in_the_policy(tmp_path: Path) -> None:

@@ -4,10 +4,8 @@ on, and a ``--smoke`` run on tiny random-init models."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.scripts import load_script
 from xtalign.losses import ChunkLayout, GoldConfig, PKLConfig, SparseProjection, TeacherTopK, ULDConfig
 from xtalign.losses.sliced import LMHead
 
@@ -24,12 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def mod() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("topk_fidelity", ROOT / "analysis" / "topk_fidelity.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["topk_fidelity"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script("analysis/topk_fidelity.py", "topk_fidelity")
 
 
 # --- pinned small cases -------------------------------------------------------------------------------------------
