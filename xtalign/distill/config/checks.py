@@ -37,6 +37,10 @@ def _known_model(model: str) -> bool:
     return path.exists() or ("/" in model and not model.startswith((".", "/", "~")))
 
 
+def check_loss_slice(value: int | None) -> None:
+    require(value is None or value >= 0, f"{{p}}loss_slice={value} must be >= 0 (0: never slice; null: auto)")
+
+
 def check_model(model: str, tokenizer: str | None, has_arch: bool) -> None:
     """The model spec first (an unknown name says so), then what only applies to `random`."""
     require(bool(model), "{p}model is empty; give a zoo model (`xtalign models`), a .gguf, a folder, a hub id "

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from xtalign.distill.config.checks import check_model, check_resources, positive, positive_int, require
+from xtalign.distill.config.checks import (
+    check_loss_slice,
+    check_model,
+    check_resources,
+    positive,
+    positive_int,
+    require,
+)
 
 __all__ = ["ArchConfig", "LossName", "ProjectionSpec", "StudentConfig", "TeacherConfig"]
 
@@ -72,8 +79,7 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         check_model(self.model, self.tokenizer, self.arch is not None)
-        require(self.loss_slice is None or self.loss_slice >= 0,
-                f"{{p}}loss_slice={self.loss_slice} must be >= 0 (0: never slice; null: auto)")
+        check_loss_slice(self.loss_slice)
         positive_int("num_workers", self.num_workers)
         require(self.sharding == "ddp" or self.num_workers > 1, "{p}sharding=fsdp needs {p}num_workers > 1")
         check_resources(self.num_gpus, self.num_cpus, self.resources)
@@ -147,8 +153,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         check_model(self.model, self.tokenizer, self.arch is not None)
-        require(self.loss_slice is None or self.loss_slice >= 0,
-                f"{{p}}loss_slice={self.loss_slice} must be >= 0 (0: never slice; null: auto)")
+        check_loss_slice(self.loss_slice)
         positive_int("num_replicas", self.num_replicas)
         check_resources(self.num_gpus, self.num_cpus, self.resources)
         positive("temperature", self.temperature)
