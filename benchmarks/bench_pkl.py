@@ -30,11 +30,8 @@ min, max, values), the peak memory and the loss, and the ratios of the medians. 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -47,7 +44,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import begin, parser, ratio, spread, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    begin,
+    memory_baseline,
+    memory_peak,
+    parser,
+    ratio,
+    spread,
+    write_results,
+)
 from xtalign.losses import PKLConfig, SparseProjection, TeacherTopK  # noqa: E402
 
 VARIANTS = {"naive": "straightforward", "fast": "xtalign fast path"}
@@ -182,29 +187,6 @@ def make_fast(proj: SparseProjection, temperature: float, cap: int) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- measuring
-def _rss_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     device, seq = args.child_device, args.seq
     data = make_inputs(args, device, seq)
@@ -220,14 +202,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             return fast(z, teacher, sc, tc)
 
     cuda = device.startswith("cuda")
-    exact_rss = False
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        exact_rss = _reset_peak_rss()
-        base = (_rss_kib("VmRSS") or 0) * 1024
+    base, exact_rss = memory_baseline(cuda)
     times, loss_val = [], float("nan")
     for r in range(args.warmup + args.runs):
         z.grad = None
@@ -241,14 +216,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         if r >= args.warmup:
             times.append(time.perf_counter() - t0)
         loss_val = float(loss.detach())
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        hwm = _rss_kib("VmHWM") if exact_rss else None
-        peak_abs = (
-            hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        )
-        peak = peak_abs - base
+    peak = memory_peak(cuda, exact_rss) - base
     return {
         "variant": args.child,
         "device": device,

@@ -29,11 +29,8 @@ Results go to out/bench/sliced_loss.json (git sha, date, versions, hardware, fig
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,11 +41,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from xtalign.cli.common import provenance
-from xtalign.losses import PKLConfig, PKLLoss, SparseProjection, TeacherTopK, next_token_ce
-from xtalign.losses.sliced import LMHead, SlicedTerm, auto_slice_positions, sliced_losses
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import memory_baseline, memory_peak  # noqa: E402
+from xtalign.cli.common import provenance  # noqa: E402
+from xtalign.losses import PKLConfig, PKLLoss, SparseProjection, TeacherTopK, next_token_ce  # noqa: E402
+from xtalign.losses.sliced import LMHead, SlicedTerm, auto_slice_positions, sliced_losses  # noqa: E402
+
 CONFIGS: dict[str, dict[str, int]] = {
     "smol": {"vs": 49_152, "hidden": 576, "batch": 4, "seq": 2048},
     "llama": {"vs": 128_256, "hidden": 2048, "batch": 2, "seq": 2048},
@@ -150,45 +150,6 @@ def step_fn(variant: str, data: dict[str, Any], pkl: PKLLoss, size: int | None) 
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def _rss_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _baseline(cuda: bool) -> tuple[int, bool]:
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated(), True
-    exact = _reset_peak_rss()
-    return (_rss_kib("VmRSS") or 0) * 1024, exact
-
-
-def _peak(cuda: bool, exact: bool) -> int:
-    if cuda:
-        return torch.cuda.max_memory_allocated()
-    hwm = _rss_kib("VmHWM") if exact else None
-    return hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     cfg, device = dict(CONFIGS[args.child_config]), args.device
     cfg["seq"] = args.seq or cfg["seq"]
@@ -196,7 +157,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     pkl = PKLConfig(subset="per_batch", aggregation="nemo", subset_cap=args.cap).build(data["proj"]).to(device)
     step = step_fn(args.child, data, pkl, args.slice)
     cuda = device == "cuda"
-    base, exact = _baseline(cuda)
+    base, exact = memory_baseline(cuda)
     times, cpu, loss, n_slices = [], [], float("nan"), 0
     for r in range(args.warmup + args.runs):
         data["hidden"].grad, data["weight"].grad = None, None
@@ -220,7 +181,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "min_s": min(times),
         "cpu_median_s": statistics.median(cpu),
         "times_s": times,
-        "peak_mib": (_peak(cuda, exact) - base) / 2**20,
+        "peak_mib": (memory_peak(cuda, exact) - base) / 2**20,
         "peak_exact": exact,
         "loss": loss,
         "grad_w_norm": float(data["weight"].grad.norm()),

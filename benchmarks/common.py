@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from xtalign.losses import TeacherTopK
 
 __all__ = ["RESULTS_DIR", "ROOT", "FullLogitsTeacher", "PhaseClock", "begin", "engine_rows", "load_average",
-           "parser", "ratio", "spread", "step_figures", "steps_only_loop", "sync", "write_results"]
+           "memory_baseline", "memory_peak", "parser", "ratio", "spread", "step_figures", "steps_only_loop", "sync",
+           "write_results"]
 
 
 # --- arguments, provenance, results ---------------------------------------------------------------------
@@ -129,6 +130,61 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
 def ratio(num: Mapping[str, Any], den: Mapping[str, Any]) -> float:
     """Ratio of two `spread`s' medians."""
     return float(num["median"]) / float(den["median"]) if den["median"] else float("nan")
+
+
+# --- peak memory in one process ---------------------------------------------------------------------------
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Return freed memory to the OS and reset the kernel's peak-RSS counter (VmHWM); False where refused."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_baseline(cuda: bool) -> tuple[int, bool]:
+    """Bytes in use now (CUDA: allocated, peak stats reset; CPU: VmRSS after resetting VmHWM) and whether the
+    peak read later is exact (False on a CPU where VmHWM cannot be reset: `memory_peak` falls back to ru_maxrss)."""
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated(), True
+    exact = _reset_peak_rss()
+    return (_rss_kib("VmRSS") or 0) * 1024, exact
+
+
+def memory_peak(cuda: bool, exact: bool) -> int:
+    """Peak bytes since `memory_baseline` (absolute: subtract the baseline)."""
+    if cuda:
+        import torch
+
+        return torch.cuda.max_memory_allocated()
+    import resource
+
+    hwm = _rss_kib("VmHWM") if exact else None
+    return hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # --- timing ---------------------------------------------------------------------------------------------
