@@ -146,24 +146,12 @@ def test_strict_refuses_the_bad_row_by_number(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_chat_run_resumes_exactly_after_sigkill(tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from tests.test_distill_engine import _wait_for
+    from tests.test_distill_engine import kill_at_checkpoint
 
     cfg = chat_config(tmp_path, steps=8, checkpoint={"every": 2, "keep_last": 2})
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert distill("--config", cfg, "--out", whole) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "xtalign.cli.main", "distill", "--config", str(cfg), "--out",
-                             str(killed)], env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(killed / "checkpoints" / "step-00000004" / "COMPLETE", proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_at_checkpoint(cfg, killed, 4)
     assert distill("--resume", killed) == 0
     assert [r["loss"] for r in metrics(killed)] == [r["loss"] for r in metrics(whole)]  # exact
 

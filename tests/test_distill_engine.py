@@ -196,18 +196,23 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+def kill_at_checkpoint(cfg: Path, out: Path, step: int) -> None:
+    """Run `distill --config cfg --out out` in a child process and SIGKILL it once checkpoint `step` is complete."""
+    proc = subprocess.Popen([sys.executable, "-m", "xtalign.cli.main", "distill", "--config", str(cfg), "--out",
+                             str(out)], env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(out / "checkpoints" / f"step-{step:08d}" / "COMPLETE", proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+
+
 def test_sigkill_and_resume_matches_uninterrupted(tmp_path: Path) -> None:
     cfg = fast_config(tmp_path, steps=8, checkpoint={"every": 2, "keep_last": 2}, eval={"every": 4, "max_batches": 1})
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert distill("--config", cfg, "--out", whole) == 0
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "xtalign.cli.main", "distill", "--config", str(cfg), "--out",
-                             str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(killed / "checkpoints" / "step-00000004" / "COMPLETE", proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_at_checkpoint(cfg, killed, 4)
     assert not (killed / "summary.json").exists()
     assert distill("--resume", killed) == 0
     a, b = metrics(whole), metrics(killed)

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_distill_engine import _wait_for, distill, fast_config, metrics
+from tests.test_distill_engine import distill, fast_config, kill_at_checkpoint, metrics
 from xtalign.distill.data.batch import IGNORE
 from xtalign.distill.rollout.objective import chunk_sums, reverse_kl_policy_loss
 from xtalign.distill.rollout.samples import Prompt, completion, sample_row, text_prompt
@@ -49,14 +45,7 @@ def test_sigkill_resume_samples_and_trains_exactly(tmp_path: Path) -> None:
     cfg = fast_config(tmp_path, steps=6, policy=POLICY, checkpoint={"every": 2, "keep_last": 2})
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert distill("--config", cfg, "--out", whole) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "xtalign.cli.main", "distill", "--config", str(cfg), "--out",
-                             str(killed)], env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(killed / "checkpoints" / "step-00000002" / "COMPLETE", proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_at_checkpoint(cfg, killed, 2)
     assert distill("--resume", killed) == 0
     a, b = metrics(whole), metrics(killed)
     assert [r["loss"] for r in a] == [r["loss"] for r in b]  # the same samples, the same losses
