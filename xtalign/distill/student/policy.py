@@ -22,7 +22,7 @@ from xtalign.distill.rollout.objective import reverse_kl_policy_loss, student_to
 from xtalign.distill.student.kd import on_device
 from xtalign.losses import TeacherTopK
 
-__all__ = ["data_rows_only", "policy_figures", "policy_term"]
+__all__ = ["data_rows_only", "policy_figures", "policy_term", "rkl_figures"]
 
 
 def _position_chunks(targets: np.ndarray) -> np.ndarray:
@@ -55,12 +55,19 @@ def policy_figures(logits: Tensor, batch: Batch, sides: Sequence[TeacherSide], t
                    labels: Sequence[str], device: torch.device) -> dict[str, float]:
     """Per teacher, the reverse-KL estimate's nats and bytes over the sample rows (summed, so micro-batches and
     ranks merge as a ratio of sums)."""
-    out: dict[str, float] = {}
     with torch.no_grad():
-        for side, answer, label in zip(sides, teachers, labels, strict=True):
-            _, figs = policy_term(logits.detach(), batch, side, answer, discount=0.0, device=device)
-            out[f"rkl_nats/{label}"] = figs["reverse_kl_nats"]
-            out[f"rkl_bytes/{label}"] = figs["bytes"]
+        figs = [policy_term(logits.detach(), batch, side, answer, discount=0.0, device=device)[1]
+                for side, answer in zip(sides, teachers, strict=True)]
+    return rkl_figures(figs, labels)
+
+
+def rkl_figures(figs: Sequence[dict[str, float]], labels: Sequence[str]) -> dict[str, float]:
+    """`policy_term`'s figures per teacher as the step's metric parts (the estimate does not depend on the
+    discount, so the training term's figures serve as they are)."""
+    out: dict[str, float] = {}
+    for fig, label in zip(figs, labels, strict=True):
+        out[f"rkl_nats/{label}"] = fig["reverse_kl_nats"]
+        out[f"rkl_bytes/{label}"] = fig["bytes"]
     return out
 
 

@@ -28,7 +28,7 @@ from xtalign.distill.student.metrics import accuracy_counts, agreement_counts, p
 from xtalign.distill.student.optim import build_optimizer
 from xtalign.distill.student.parallel import Parallel
 from xtalign.distill.student.plans import TeacherPlan
-from xtalign.distill.student.policy import data_rows_only, policy_figures, policy_term
+from xtalign.distill.student.policy import data_rows_only, policy_figures, policy_term, rkl_figures
 from xtalign.distill.student.sliced import StudentForward, sliced_terms, use_slices, vocab_size_of
 from xtalign.losses import LossCombiner, ScalingConfig, TeacherTopK
 from xtalign.losses.kl import next_token_ce
@@ -104,18 +104,21 @@ class StudentWorker:
         with self._autocast():
             return self.parallel.forward_model(m.ids, m.mask, targets=m.targets if has_ce else None, terms=terms)
 
-    def _terms(self, logits: Tensor, batch: Batch, teachers: Sequence[TeacherTopK]) -> list[Tensor]:
-        """Each teacher's KD term: its configured loss, or on sample rows the reverse-KL policy gradient."""
+    def _terms(self, logits: Tensor, batch: Batch, teachers: Sequence[TeacherTopK]
+               ) -> tuple[list[Tensor], dict[str, float] | None]:
+        """Each teacher's KD term: its configured loss, or on sample rows the reverse-KL policy gradient; with the
+        latter also the reverse-KL figures it computed on the way (None: not computed)."""
         samples = batch.policy_rows is not None and bool(batch.policy_rows.any())
         if not samples or self.policy.objective != "reverse_kl":
-            return kd_terms(self.terms, logits, batch.teachers, teachers, self.device)
+            return kd_terms(self.terms, logits, batch.teachers, teachers, self.device), None
         share = float(batch.policy_rows.mean())  # type: ignore[union-attr]
-        pg = [policy_term(logits, batch, side, t, discount=self.policy.discount, device=self.device)[0]
+        pg = [policy_term(logits, batch, side, t, discount=self.policy.discount, device=self.device)
               for side, t in zip(batch.teachers, teachers, strict=True)]
+        figs = rkl_figures([f for _, f in pg], self.labels)
         if share == 1.0:
-            return pg
+            return [g for g, _ in pg], figs
         data = kd_terms(self.terms, logits, [data_rows_only(s, batch) for s in batch.teachers], teachers, self.device)
-        return [(1 - share) * d + share * g for d, g in zip(data, pg, strict=True)]
+        return [(1 - share) * d + share * g for d, (g, _) in zip(data, pg, strict=True)], figs
 
     def _kd(self, terms: Sequence[Tensor], ce: Tensor, batch: Batch, teachers: Sequence[TeacherTopK]
             ) -> tuple[Tensor, dict[str, Any]]:
@@ -141,10 +144,11 @@ class StudentWorker:
         else:
             logits = self._logits(m)
             ce = next_token_ce(logits, m.targets, ignore_index=IGNORE) if has_ce else logits.sum() * 0.0
-            terms = self._terms(logits, batch, teachers) if self.terms else []
+            terms, figs = self._terms(logits, batch, teachers) if self.terms else ([], None)
             top = logits.detach().argmax(-1)  # [B, Ts]
             if batch.policy_rows is not None and bool(batch.policy_rows.any()):
-                parts["extra"] = policy_figures(logits, batch, batch.teachers, teachers, self.labels, self.device)
+                parts["extra"] = figs if figs is not None else policy_figures(logits, batch, batch.teachers, teachers,
+                                                                               self.labels, self.device)
         loss = ce
         if self.terms:
             kd, kd_parts = self._kd(terms, ce, batch, teachers)
