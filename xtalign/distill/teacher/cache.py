@@ -199,8 +199,12 @@ class TeacherCacheWriter:
         if self._closed:
             raise CacheError(f"teacher cache {self.directory} is closed; open a new TeacherCacheWriter to append")
         self._check_answer(batch_index, side, out)
-        encoded = [self.codec.encode(out, row, int(n)) for row, n in enumerate(side.lengths)]
-        for row, sample in enumerate(int(i) for i in sample_ids):
+        samples = [int(i) for i in sample_ids]
+        # a lossless codec returns `out` itself, so a row already stored need not be encoded; a lossy one
+        # decodes every row of the batch
+        encoded = [self.codec.encode(out, row, int(n)) if self.codec.lossy or samples[row] not in self._known
+                   else None for row, n in enumerate(side.lengths)]
+        for row, sample in enumerate(samples):
             if sample in self._known:
                 continue
             self._pending.append((sample, _row_tensors(sample, side, row, encoded[row])))
