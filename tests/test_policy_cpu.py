@@ -49,9 +49,10 @@ def test_a_missing_corpus_is_one_line_that_says_how_to_make_it(capsys: pytest.Ca
 @pytest.mark.slow
 def test_smoke_study_on_the_real_pair(pinned_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "policy"
-    assert pc.main(["--smoke", "--allow-dirty", "--corpus", str(pinned_corpus), "--out", str(out)]) == 0
+    # one data order: every arm and the untrained row still run end to end (the study itself uses two)
+    assert pc.main(["--smoke", "--allow-dirty", "--seeds", "0", "--corpus", str(pinned_corpus), "--out", str(out)]) == 0
     r = json.loads((out / "results" / "policy_cpu.json").read_text())
-    assert r["mode"] == "smoke" and list(r["arms"]) == [*pc.ARMS, "off-wall"] and r["seeds"] == [0, 1]
+    assert r["mode"] == "smoke" and list(r["arms"]) == [*pc.ARMS, "off-wall"] and r["seeds"] == [0]
     assert math.isfinite(r["before"]["heldout_text_bits_per_byte"]["mean"])
     for arm in r["arms"].values():
         assert arm["steps"][0] >= 1 and math.isfinite(arm["heldout_text_bits_per_byte"]["mean"])
