@@ -58,12 +58,15 @@ def code_state(prov: dict[str, Any]) -> dict[str, Any]:
 
 
 def rel(path: str | Path) -> str:
-    """`path` relative to the repository root when it lies inside it (else with the home folder as ~)."""
+    """`path` relative to the repository root when it lies inside it (else with the home folder as ~); a symlink
+    inside the repository (out/corpus -> elsewhere) keeps its own name rather than its target's absolute path."""
     p = Path(path)
-    try:
-        return str(p.resolve().relative_to(ROOT)) if p.is_absolute() or p.exists() else str(p)
-    except ValueError:
-        return portable(str(p))
+    if not (p.is_absolute() or p.exists()):
+        return str(p)
+    for q in (Path(os.path.abspath(p)), p.resolve()):  # the name as given first, then its target
+        if q.is_relative_to(ROOT):
+            return str(q.relative_to(ROOT))
+    return portable(str(p))
 
 
 def portable(obj: Any) -> Any:

@@ -293,6 +293,19 @@ def test_results_name_repository_relative_paths_only(tmp_path: Path) -> None:
     assert "Data: out/corpus" in written[1].read_text()
 
 
+def test_rel_keeps_a_symlinks_own_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere" / "corpus"
+    (repo / "out").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    (repo / "out" / "corpus").symlink_to(elsewhere)
+    (repo / "out" / "real").mkdir()
+    monkeypatch.setattr(runs, "ROOT", repo)
+    assert runs.rel(repo / "out" / "corpus") == "out/corpus"  # not the target's absolute path
+    assert runs.rel(repo / "out" / "real") == "out/real"
+    assert runs.rel("not/there") == "not/there"
+    assert runs.rel(elsewhere) == runs.portable(str(elsewhere))
+
+
 def test_auto_resolves_to_h_kl_and_shares_its_runs(tmp_path: Path) -> None:
     pick = et.auto_pick(_base(), tmp_path)
     assert (pick["loss"], pick["same_as"]) == ("h-kl", "h-kl")
