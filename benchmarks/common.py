@@ -191,6 +191,7 @@ def memory_peak(cuda: bool, exact: bool) -> int:
 
 HEAP_MMAP_THRESHOLD = 1 << 30  # bytes: every tensor a benchmark makes on the CPU stays in the heap
 HEAP_TRIM_THRESHOLD = (1 << 31) - 1  # bytes (mallopt takes an int): freed heap is kept for the next step
+HEAP_ARENAS = 1  # every thread allocates from that one heap (a thread's own arena maps requests over 64 MiB afresh)
 
 
 def pin_heap() -> dict[str, Any]:
@@ -198,17 +199,19 @@ def pin_heap() -> dict[str, Any]:
 
     Left alone, glibc maps a request over 32 MiB (one 256 x 50,257 fp32 logits slice is 51 MiB) freshly and unmaps it
     on free, so each such tensor costs a minor fault per 4 KiB page, unless the heap by chance holds a free chunk that
-    big: the same teacher forward then took 0.07 s in one loop and 0.13 s in the other. Pinned, large buffers come
-    from the heap and are reused after the first steps. Where there is no glibc, nothing changes (`applied` False)."""
+    big: the same teacher forward then took 0.07 s in one loop and 0.13 s in the other. Pinned (and with one arena, as
+    a thread's own arena would still map its large requests), large buffers come from the heap and are reused once
+    the heap has grown to a step's peak. Where there is no glibc, nothing changes (`applied` False)."""
     import ctypes
 
     try:
         libc = ctypes.CDLL("libc.so.6")
-        applied = bool(libc.mallopt(-3, HEAP_MMAP_THRESHOLD)) and bool(libc.mallopt(-1, HEAP_TRIM_THRESHOLD))
+        applied = all(libc.mallopt(option, value) == 1 for option, value in  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD,
+                      ((-3, HEAP_MMAP_THRESHOLD), (-1, HEAP_TRIM_THRESHOLD), (-8, HEAP_ARENAS)))  # M_ARENA_MAX
     except (OSError, AttributeError):
-        applied = False  # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1 in <malloc.h>
+        applied = False
     return {"policy": "pinned", "applied": applied, "mmap_threshold": HEAP_MMAP_THRESHOLD,
-            "trim_threshold": HEAP_TRIM_THRESHOLD}
+            "trim_threshold": HEAP_TRIM_THRESHOLD, "arenas": HEAP_ARENAS}
 
 
 def minor_faults() -> int:
