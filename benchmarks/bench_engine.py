@@ -217,7 +217,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         out[name] = {"tokens_per_s": spread([f["tokens_per_s"] for f in figs]),
                      "step_s": spread([f["step_s"] for f in figs]),
                      "time": {p: spread([f["time"][p] for f in figs]) for p in PHASES},
-                     "minor_faults_per_step": spread([f.get("minor_faults_per_step", 0) for f in figs])}
+                     "minor_faults_per_step": spread([f["minor_faults_per_step"] for f in figs])}
     eng = out["engine"]["tokens_per_s"]
     out["ratios"] = {"engine_over_bare": ratio(eng, out["bare"]["tokens_per_s"]),
                      "engine_over_bare_full_logits": ratio(eng, out["bare, full logits"]["tokens_per_s"]),
@@ -253,7 +253,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="steps left out of each run's medians")
     p.add_argument("--repeats", type=int, default=5, help="rounds of the three variants, alternated")
     p.add_argument("--heap", choices=["pinned", "default"], default="pinned",
-                   help="pinned: fix glibc's mmap/trim thresholds first, so every loop reuses its large buffers")
+                   help="pinned: fix glibc's mmap/trim thresholds and use one arena first, so every loop reuses "
+                        "its large buffers; default: glibc's own policy")
     args = p.parse_args()
     if args.smoke:
         args.steps, args.warmup, args.repeats = 4, 1, 2

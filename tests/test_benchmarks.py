@@ -155,7 +155,7 @@ def test_memory_check_refuses_variants_that_disagree() -> None:
 def test_engine_summary_ratios_and_loss_check() -> None:
     def fig(tps: float, losses: list[float]) -> dict:
         return {"tokens_per_s": tps, "step_s": 1 / tps, "time": {p: 0.1 for p in bench_engine.PHASES},
-                "losses": losses}
+                "losses": losses, "minor_faults_per_step": 1}
 
     runs = {"engine": [fig(90, [3.0, 2.0]), fig(110, [3.0, 2.0])], "bare": [fig(100, [3.0, 2.0])],
             "bare, full logits": [fig(50, [3.0, 2.5])]}
