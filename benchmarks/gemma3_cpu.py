@@ -18,7 +18,8 @@ distill` run directories plus result.json; reused when finished at the same conf
 --results (default benchmarks/results/gemma3-cpu/, for --smoke <out>/results/), written at the end:
 gemma3_cpu.json (provenance, hardware, data use, per arm and seed the held-out bits per byte overall, by class
 and by source, paired differences P-KL − CE, the teacher's own figure, wall times), gemma3_cpu.md and
-training_curves.png (figures/training_curves.py, from the runs made here).
+training_curves.png (figures/training_curves.py), drawn from copies of the runs' metrics.jsonl and eval.jsonl
+kept under runs/<arm>/seed-<s>/ there, so the figure redraws from committed files.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -206,12 +208,31 @@ def assemble(args: argparse.Namespace, base: dict[str, Any], ctx: dict[str, Any]
             "wall_s": wall, **finish()}
 
 
-def write_outputs(folder: Path, results: dict[str, Any], runs: dict[str, Path]) -> list[Path]:
-    """gemma3_cpu.json and .md, and training_curves.png (figures/training_curves.py) from `runs` (label → dir)."""
+RECORDS = ("metrics.jsonl", "eval.jsonl")  # what figures/training_curves.py reads; small (≈ 0.6 KB a step)
+
+
+def keep_run_records(folder: Path, runs: dict[str, Path], runs_root: Path) -> dict[str, Path]:
+    """Copy each run's step and eval records to folder/runs/<arm>/seed-<s>/, so the figure redraws from them."""
+    kept = {}
+    for label, run in runs.items():
+        dest = folder / "runs" / run.relative_to(runs_root)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in RECORDS:
+            if (run / name).is_file():
+                shutil.copyfile(run / name, dest / name)
+        kept[label] = dest
+    return kept
+
+
+def write_outputs(folder: Path, results: dict[str, Any], runs: dict[str, Path], runs_root: Path) -> list[Path]:
+    """gemma3_cpu.json and .md, the runs' records (label → run dir under runs_root), and training_curves.png
+    (figures/training_curves.py) drawn from those copies."""
     written = write_text_outputs(folder, "gemma3_cpu", results, markdown(results))
+    kept = keep_run_records(folder, runs, runs_root)
     curves = load_script("figures/training_curves.py", "training_curves_figure")
-    curves.plot({label: curves.read_metrics(path) for label, path in runs.items()}, folder / "training_curves.png")
-    return [*written, folder / "training_curves.png"]
+    curves.plot({label: curves.read_metrics(path) for label, path in kept.items()}, folder / "training_curves.png")
+    return [*written, *(path / name for path in kept.values() for name in RECORDS if (path / name).is_file()),
+            folder / "training_curves.png"]
 
 
 def _prepare(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +258,7 @@ def run_study(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     results = assemble(args, base, ctx, fill, runs, time.perf_counter() - t0)
     dirs = {f"{'P-KL' if arm == 'pkl' else 'CE only'} seed {s}": args.out / "runs" / arm / f"seed-{s}"
             for s in args.seeds for arm in ARMS}
-    write_outputs(args.results, results, dirs)
+    write_outputs(args.results, results, dirs, args.out / "runs")
     return results
 
 

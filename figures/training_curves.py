@@ -1,12 +1,12 @@
 """Training curves of `xtalign distill` runs from their metrics.jsonl: loss, KD per teacher, CE, accuracy.
 
-    .venv/bin/python benchmarks/gemma3_cpu.py           # the Gemma-3 CPU runs; draws this figure from them into
-                                                        # benchmarks/results/gemma3-cpu/training_curves.png
-    .venv/bin/python figures/training_curves.py --run out/gemma3-cpu/runs/pkl/seed-0 \
-        --run out/gemma3-cpu/runs/ce/seed-0 --out figures/training_curves.png     # the same runs, redrawn here
+    .venv/bin/python benchmarks/gemma3_cpu.py           # the Gemma-3 CPU runs; keeps their records under
+                                                        # benchmarks/results/gemma3-cpu/runs/ and draws this
+                                                        # figure from them into its training_curves.png
     .venv/bin/python figures/training_curves.py --run out/eval/runs/multi-sum/seed-0 \
         --run out/eval/runs/multi-dynamic/seed-0 --out figures/training_curves_multi.png   # eval-table runs
-    .venv/bin/python figures/training_curves.py         # the gemma3_cpu.py seed-0 runs if present, else
+    .venv/bin/python figures/training_curves.py         # figures/training_curves.png from the committed
+                                                        # gemma3_cpu.py seed-0 records if present, else
                                                         # out/runs/tiny (xtalign distill --config tiny-cpu.yaml)
 
 Each panel is plotted against the optimiser step: raw values thin, an exponential moving average (the
@@ -25,7 +25,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-GEMMA3_RUNS = tuple(ROOT / "out" / "gemma3-cpu" / "runs" / arm / "seed-0" for arm in ("pkl", "ce"))
+# the committed copies benchmarks/gemma3_cpu.py keeps of its seed-0 runs' records
+GEMMA3_RUNS = tuple(ROOT / "benchmarks" / "results" / "gemma3-cpu" / "runs" / arm / "seed-0" for arm in ("pkl", "ce"))
 TINY_RUN = ROOT / "out" / "runs" / "tiny"
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
 
@@ -103,7 +104,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path, smooth: float = 0.8)
 
 
 def default_runs() -> list[Path]:
-    """The gemma3_cpu.py seed-0 runs (P-KL and CE only) that exist, else the tiny-cpu run."""
+    """The committed gemma3_cpu.py seed-0 records (P-KL and CE only) that exist, else the tiny-cpu run."""
     return [r for r in GEMMA3_RUNS if (r / "metrics.jsonl").is_file()] or [TINY_RUN]
 
 

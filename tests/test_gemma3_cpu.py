@@ -136,6 +136,30 @@ def test_results_and_markdown_from_known_runs(tmp_path: Path) -> None:
     assert "**P-KL − CE only, paired by seed** [min, max] | -0.050 ± 0.000 [-0.050, -0.050]" in md
 
 
+def test_outputs_keep_the_runs_records_and_draw_the_figure_from_them(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(g3, "markdown", lambda results: "# study\n")  # its own test is above
+    root = tmp_path / "work" / "runs"
+    runs = {}
+    for arm, ce in (("pkl", 5.0), ("ce", 5.5)):
+        run = root / arm / "seed-0"
+        run.mkdir(parents=True)
+        steps = [{"step": i, "loss": ce - i / 10, "ce": ce - i / 10, "accuracy": 0.1 * i} for i in range(1, 4)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
+        (run / "eval.jsonl").write_text(json.dumps({"step": 3, "bits_per_byte": ce / 2}) + "\n")
+        (run / "model.safetensors").write_bytes(b"weights")  # never copied
+        runs[f"{arm} seed 0"] = run
+    folder = tmp_path / "results"
+    written = g3.write_outputs(folder, {"x": 1}, runs, root)
+    for arm in ("pkl", "ce"):
+        kept = folder / "runs" / arm / "seed-0"
+        assert sorted(p.name for p in kept.iterdir()) == ["eval.jsonl", "metrics.jsonl"]
+        assert (kept / "metrics.jsonl").read_bytes() == (root / arm / "seed-0" / "metrics.jsonl").read_bytes()
+    assert folder / "runs" / "ce" / "seed-0" / "eval.jsonl" in written
+    assert (folder / "training_curves.png").stat().st_size > 10_000 and json.loads(
+        (folder / "gemma3_cpu.json").read_text()) == {"x": 1}
+
+
 @pytest.mark.slow
 def test_smoke_study_with_the_real_teacher(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,6 +184,8 @@ def test_smoke_study_with_the_real_teacher(tmp_path: Path, capsys: pytest.Captur
     md = (out / "results" / "gemma3_cpu.md").read_text()
     assert md.startswith("# Gemma-3-270M teaches a from-scratch student on CPU") and "No training sample" in md
     assert (out / "results" / "training_curves.png").stat().st_size > 10_000
+    assert (out / "results" / "runs" / "ce" / "seed-1" / "metrics.jsonl").read_bytes() == (
+        out / "runs" / "ce" / "seed-1" / "metrics.jsonl").read_bytes()
     before = (out / "runs" / "pkl" / "seed-1" / "result.json").read_text()
     capsys.readouterr()
     assert g3.main(["--smoke", "--allow-dirty", "--corpus", str(corpus), "--out", str(out)]) == 0  # all reused
